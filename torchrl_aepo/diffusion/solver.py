@@ -73,29 +73,11 @@ _METHODS = ("singlestep", "multistep")
 _SKIP_TYPES = ("time_uniform", "logSNR")
 _LOWER_ORDER_FINAL_BELOW = 15
 
-
-class _Linear(NamedTuple):
-    """``x_coef * x + sum(coef * outputs[-lag])`` over the model-output history."""
-
-    x_coef: float
-    terms: tuple[tuple[int, float], ...]
-
-
-class _Eval(NamedTuple):
-    """One ``noise_fn`` call at time ``t`` on the point ``point``.
-
-    For data prediction the stored output is ``(point - sigma eps) / alpha``; for noise
-    prediction ``to_data`` is ``None`` and ``eps`` is stored.
-    """
-
-    t: float
-    point: _Linear
-    to_data: tuple[float, float] | None  # (1 / alpha, -sigma / alpha)
-
-
-class _Step(NamedTuple):
-    evals: tuple[_Eval, ...]
-    update: _Linear
+# Construction works with linear forms over symbolic registers: ("x", k) is the state after k
+# outer steps, ("e", j) the raw output of the j-th noise_fn evaluation and ("m", j) its model
+# output in the solver's parameterisation (eps, or x0_hat = (point_j - sigma eps_j) / alpha).
+_Key = tuple[str, int]
+_Form = dict[_Key, float]
 
 
 class _Node(NamedTuple):
@@ -105,6 +87,33 @@ class _Node(NamedTuple):
     alpha: float
     sigma: float
     lam: float
+
+
+class _Linear(NamedTuple):
+    """``sum(coef * register)`` with registers addressed relative to the current position.
+
+    Each term is ``(is_eps, index, coef)``: ``states[index]`` (``-1`` is the current state)
+    or ``eps_history[index]`` (``-1`` is the latest ``noise_fn`` output).
+    """
+
+    terms: tuple[tuple[bool, int, float], ...]
+
+
+class _Eval(NamedTuple):
+    """One ``noise_fn`` call at time ``t`` on the point ``point``."""
+
+    t: float
+    point: _Linear
+
+
+class _Step(NamedTuple):
+    evals: tuple[_Eval, ...]
+    update: _Linear
+
+
+class _SymbolicStep(NamedTuple):
+    evals: list[tuple[_Node, _Form]]
+    update: _Form
 
 
 def _exp_remainder(z: float, k: int) -> float:
@@ -201,11 +210,13 @@ class DPMSolver:
         self.lower_order_final = bool(lower_order_final)
         self._data_prediction = algorithm == "dpmsolver++"
         if method == "singlestep":
-            self.orders = tuple(_singlestep_orders(steps, order))
-            self._steps = self._build_singlestep()
+            self.orders: tuple[int, ...] = tuple(_singlestep_orders(steps, order))
+            symbolic = self._build_singlestep()
         else:
             self.orders = tuple(self._multistep_orders())
-            self._steps = self._build_multistep()
+            symbolic = self._build_multistep()
+        self._steps = self._lower(symbolic)
+        self._history = _history_lengths(self._steps)
         self.eval_times: tuple[float, ...] = tuple(
             ev.t for step in self._steps for ev in step.evals
         )
@@ -241,23 +252,20 @@ class DPMSolver:
         if x_T.ndim == 0 or x_T.shape[-1] == 0:
             raise ValueError(f"x_T must have shape [*B, d] with d >= 1, got {tuple(x_T.shape)}.")
         time_shape = (*x_T.shape[:-1], 1)
-        outputs: deque[Tensor] = deque(maxlen=3)
-        x = x_T
+        states: deque[Tensor] = deque([x_T], maxlen=self._history[0])
+        outputs: deque[Tensor] = deque(maxlen=self._history[1])
         for step in self._steps:
             for ev in step.evals:
-                point = _combine(x, ev.point, outputs)
-                eps = noise_fn(point, x.new_full(time_shape, ev.t))
+                point = _combine(ev.point, states, outputs)
+                eps = noise_fn(point, point.new_full(time_shape, ev.t))
                 if eps.shape != point.shape:
                     raise ValueError(
                         f"noise_fn returned shape {tuple(eps.shape)}, expected "
                         f"{tuple(point.shape)} (the shape of x)."
                     )
-                if ev.to_data is not None:
-                    inv_alpha, neg_sigma_over_alpha = ev.to_data
-                    eps = torch.add(point * inv_alpha, eps, alpha=neg_sigma_over_alpha)
                 outputs.append(eps)
-            x = _combine(x, step.update, outputs)
-        return x
+            states.append(_combine(step.update, states, outputs))
+        return states[-1]
 
     # ------------------------------------------------------------------ construction
     def _node(self, t: float) -> _Node:
@@ -278,14 +286,10 @@ class DPMSolver:
         c = [-t.sigma * _exp_remainder(h, k) for k in range(3)]
         return t.alpha / s.alpha, c[0], c[1], c[2]
 
-    def _eval(self, node: _Node, point: _Linear) -> _Eval:
-        to_data = (1.0 / node.alpha, -node.sigma / node.alpha) if self._data_prediction else None
-        return _Eval(node.t, point, to_data)
-
-    def _outer_grid(self, num_steps: int, orders: Sequence[int]) -> list[float]:
+    def _outer_grid(self, orders: Sequence[int]) -> list[float]:
         if self.skip_type == "logSNR":
             grid = self.schedule.time_grid(
-                num_steps, kind="logSNR", t_start=self.t_start, t_end=self.t_end
+                len(orders), kind="logSNR", t_start=self.t_start, t_end=self.t_end
             )
             return grid.tolist()
         fine = self.schedule.time_grid(
@@ -293,26 +297,29 @@ class DPMSolver:
         ).tolist()
         return [fine[i] for i in itertools.accumulate(orders, initial=0)]
 
-    def _build_singlestep(self) -> tuple[_Step, ...]:
-        grid = [self._node(t) for t in self._outer_grid(len(self.orders), self.orders)]
-        return tuple(
-            self._singlestep(s, t, order)
-            for s, t, order in zip(grid[:-1], grid[1:], self.orders, strict=True)
-        )
+    def _build_singlestep(self) -> list[_SymbolicStep]:
+        grid = [self._node(t) for t in self._outer_grid(self.orders)]
+        steps, first_eval = [], 0
+        for k, order in enumerate(self.orders):
+            steps.append(self._singlestep(grid[k], grid[k + 1], order, k, first_eval))
+            first_eval += order
+        return steps
 
-    def _singlestep(self, s: _Node, t: _Node, order: int) -> _Step:
-        x_only = _Linear(1.0, ())
+    def _singlestep(self, s: _Node, t: _Node, order: int, k: int, j: int) -> _SymbolicStep:
+        """Step ``k`` from ``s`` to ``t``; its evaluations are numbered ``j, j + 1, ...``."""
+        x, m0, m1, m2 = ("x", k), ("m", j), ("m", j + 1), ("m", j + 2)
         a, c0, c1, _ = self._transfer(s, t)
         h = t.lam - s.lam
         if order == 1:
-            return _Step((self._eval(s, x_only),), _Linear(a, ((1, c0),)))
+            return _SymbolicStep([(s, {x: 1.0})], {x: a, m0: c0})
         if order == 2:
             s1 = self._node_at_lambda(s.lam + 0.5 * h)
             r1 = (s1.lam - s.lam) / h
             a1, c0_1, _, _ = self._transfer(s, s1)
-            evals = (self._eval(s, x_only), self._eval(s1, _Linear(a1, ((1, c0_1),))))
             w = c0 / (2.0 * r1)
-            return _Step(evals, _Linear(a, ((2, c0 - w), (1, w))))
+            return _SymbolicStep(
+                [(s, {x: 1.0}), (s1, {x: a1, m0: c0_1})], {x: a, m0: c0 - w, m1: w}
+            )
         s1 = self._node_at_lambda(s.lam + h / 3.0)
         s2 = self._node_at_lambda(s.lam + 2.0 * h / 3.0)
         r1, r2 = (s1.lam - s.lam) / h, (s2.lam - s.lam) / h
@@ -320,12 +327,8 @@ class DPMSolver:
         a2, c0_2, c1_2, _ = self._transfer(s, s2)
         w2 = c1_2 / (r1 * h)  # u2 uses m' ~ (m_s1 - m_s) / (r1 h)
         w = c1 / (r2 * h)  # x_t uses m' ~ (m_s2 - m_s) / (r2 h)
-        evals = (
-            self._eval(s, x_only),
-            self._eval(s1, _Linear(a1, ((1, c0_1),))),
-            self._eval(s2, _Linear(a2, ((2, c0_2 - w2), (1, w2)))),
-        )
-        return _Step(evals, _Linear(a, ((3, c0 - w), (1, w))))
+        evals = [(s, {x: 1.0}), (s1, {x: a1, m0: c0_1}), (s2, {x: a2, m0: c0_2 - w2, m1: w2})]
+        return _SymbolicStep(evals, {x: a, m0: c0 - w, m2: w})
 
     def _multistep_orders(self) -> list[int]:
         steps = self.steps
@@ -335,42 +338,97 @@ class DPMSolver:
             for i in range(1, steps + 1)
         ]
 
-    def _build_multistep(self) -> tuple[_Step, ...]:
+    def _build_multistep(self) -> list[_SymbolicStep]:
         times = self.schedule.time_grid(
             self.steps, kind=self.skip_type, t_start=self.t_start, t_end=self.t_end
         ).tolist()
         nodes = [self._node(t) for t in times]
-        built = []
-        for i, order in enumerate(self.orders, start=1):
-            s, t = nodes[i - 1], nodes[i]
+        steps = []
+        for k, order in enumerate(self.orders):  # step k: nodes[k] -> nodes[k + 1], eval k
+            s, t = nodes[k], nodes[k + 1]
             a, c0, c1, c2 = self._transfer(s, t)
             h = t.lam - s.lam
+            m0, m1, m2 = ("m", k), ("m", k - 1), ("m", k - 2)
             if order == 1:
-                terms: tuple[tuple[int, float], ...] = ((1, c0),)
+                update = {m0: c0}
             elif order == 2:
-                r = (s.lam - nodes[i - 2].lam) / h
-                terms = ((1, c0 * (1.0 + 0.5 / r)), (2, -c0 * 0.5 / r))
+                r = (s.lam - nodes[k - 1].lam) / h
+                update = {m0: c0 * (1.0 + 0.5 / r), m1: -c0 * 0.5 / r}
             else:
-                h0 = s.lam - nodes[i - 2].lam
-                h1 = nodes[i - 2].lam - nodes[i - 3].lam
-                # Newton divided differences on (m_s, m_prev, m_prev2) as weight vectors.
+                h0 = s.lam - nodes[k - 1].lam
+                h1 = nodes[k - 1].lam - nodes[k - 2].lam
+                # Newton divided differences in lambda as weights on (m0, m1, m2):
+                # m' ~ f01 + h0 f012 and m'' ~ 2 f012.
                 f01 = (1.0 / h0, -1.0 / h0, 0.0)
                 f12 = (0.0, 1.0 / h1, -1.0 / h1)
-                f012 = tuple((p - q) / (h0 + h1) for p, q in zip(f01, f12, strict=True))
-                weights = [
-                    (c0 if j == 0 else 0.0) + c1 * (f01[j] + h0 * f012[j]) + c2 * 2.0 * f012[j]
-                    for j in range(3)
-                ]
-                terms = tuple((j + 1, w) for j, w in enumerate(weights))
-            built.append(_Step((self._eval(s, _Linear(1.0, ())),), _Linear(a, terms)))
-        return tuple(built)
+                f012 = [(p - q) / (h0 + h1) for p, q in zip(f01, f12, strict=True)]
+                first = [p + h0 * q for p, q in zip(f01, f012, strict=True)]
+                update = {
+                    key: (c0 if i == 0 else 0.0) + c1 * first[i] + 2.0 * c2 * f012[i]
+                    for i, key in enumerate((m0, m1, m2))
+                }
+            steps.append(_SymbolicStep([(s, {("x", k): 1.0})], {("x", k): a, **update}))
+        return steps
+
+    def _lower(self, symbolic: list[_SymbolicStep]) -> tuple[_Step, ...]:
+        """Rewrite every form over states and raw ``eps`` outputs, with relative indices.
+
+        For data prediction each ``m_j = (point_j - sigma_j e_j) / alpha_j`` is expanded, so
+        that sampling never forms ``x0_hat`` explicitly; all coefficient arithmetic is float64.
+        """
+        points: list[_Form] = []  # evaluation points over ("x", k) and ("e", j)
+        nodes: list[_Node] = []
+
+        def expand(form: _Form) -> _Form:
+            out: _Form = {}
+            for (kind, idx), coef in form.items():
+                if kind == "m" and self._data_prediction:
+                    node = nodes[idx]
+                    for key, c in points[idx].items():
+                        out[key] = out.get(key, 0.0) + coef * c / node.alpha
+                    out[("e", idx)] = out.get(("e", idx), 0.0) - coef * node.sigma / node.alpha
+                else:
+                    key = ("e", idx) if kind == "m" else (kind, idx)
+                    out[key] = out.get(key, 0.0) + coef
+            return out
+
+        def relative(form: _Form, k: int) -> _Linear:
+            terms = [
+                (kind == "e", (idx - len(points)) if kind == "e" else (idx - k - 1), coef)
+                for (kind, idx), coef in form.items()
+                if coef != 0.0
+            ]
+            return _Linear(tuple(sorted(terms, key=lambda term: term[0])))
+
+        steps = []
+        for k, step in enumerate(symbolic):
+            evals = []
+            for node, point in step.evals:
+                expanded = expand(point)
+                evals.append(_Eval(node.t, relative(expanded, k)))
+                points.append(expanded)
+                nodes.append(node)
+            steps.append(_Step(tuple(evals), relative(expand(step.update), k)))
+        return tuple(steps)
 
 
-def _combine(x: Tensor, lin: _Linear, outputs: deque[Tensor]) -> Tensor:
-    """Evaluate ``lin`` on the current state ``x`` and the model-output history."""
-    if not lin.terms and lin.x_coef == 1.0:
-        return x
-    out = x * lin.x_coef
-    for lag, coef in lin.terms:
-        out.add_(outputs[-lag], alpha=coef)
+def _history_lengths(steps: Sequence[_Step]) -> tuple[int, int]:
+    """How many past states and ``eps`` outputs the relative indices of ``steps`` reach."""
+    depth = {False: 1, True: 1}
+    for step in steps:
+        for lin in (*(ev.point for ev in step.evals), step.update):
+            for is_eps, index, _ in lin.terms:
+                depth[is_eps] = max(depth[is_eps], -index)
+    return depth[False], depth[True]
+
+
+def _combine(lin: _Linear, states: deque[Tensor], outputs: deque[Tensor]) -> Tensor:
+    """Evaluate a lowered linear form: one multiply and one fused ``add_`` per extra term."""
+    (is_eps, index, coef), *rest = lin.terms
+    first = outputs[index] if is_eps else states[index]
+    if not rest and coef == 1.0:
+        return first
+    out = first * coef
+    for is_eps, index, coef in rest:
+        out.add_(outputs[index] if is_eps else states[index], alpha=coef)
     return out
