@@ -1,0 +1,531 @@
+"""AEPO's policy: energy-guided DPM-Solver sampling as a TorchRL actor (``aepo-math.md`` §8, §10).
+
+:class:`AEPOActor` is a :class:`~tensordict.nn.TensorDictModule` (a TorchRL
+:class:`~torchrl.modules.SafeModule` with an action ``spec``) that reads ``observation``
+``[*B, s]`` and writes ``action`` ``[*B, d]``. Its forward draws ``a_T ~ N(0, I)`` and integrates
+the probability-flow ODE with a :class:`~torchrl_aepo.diffusion.DPMSolver`, replacing the
+behaviour noise prediction at every model evaluation (intermediate solver points included) by
+the guided, optionally rescaled, noise of :func:`~torchrl_aepo.guidance.guided_noise`:
+
+.. math::
+
+    \\epsilon_w = \\epsilon_\\theta(a_t, s, t) - w\\,\\sigma_t\\,\\nabla_{a_t} f_\\omega(s, a_t, t),
+    \\qquad
+    \\tilde\\epsilon = \\epsilon_w \\frac{\\|\\epsilon_\\theta\\|_2}{\\max(\\|\\epsilon_w\\|_2, 10^{-8})}.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from tensordict.utils import NestedKey
+from torch import Tensor, nn
+from torchrl.data import Bounded, Composite, TensorSpec, Unbounded
+from torchrl.envs.utils import ExplorationType, exploration_type
+from torchrl.modules import SafeModule
+
+from torchrl_aepo.diffusion.schedule import VPSchedule
+from torchrl_aepo.diffusion.solver import DPMSolver
+from torchrl_aepo.guidance import guided_noise
+
+__all__ = ["AEPOActor"]
+
+SELECTION_RULES = ("first", "argmax_q", "softmax_q")
+_CHECKPOINT_FORMAT = "torchrl_aepo.AEPOActor/1"
+_SOLVER_ARGS = (
+    "algorithm",
+    "order",
+    "steps",
+    "method",
+    "skip_type",
+    "t_start",
+    "t_end",
+    "lower_order_final",
+)
+
+ActionSpecLike = TensorSpec | tuple[float | Tensor, float | Tensor] | None
+
+
+class _GuidedSampler(nn.Module):
+    """Tensor-level sampler behind :class:`AEPOActor`: ``observation [*B, s] -> action [*B, d]``.
+
+    Holds the networks (so that they appear in the actor's ``state_dict`` under ``module.``)
+    and the sampling hyperparameters. See :class:`AEPOActor` for the arguments.
+    """
+
+    action_low: Tensor
+    action_high: Tensor
+
+    def __init__(
+        self,
+        noise_network: nn.Module,
+        energy_network: nn.Module | None,
+        qvalue_network: nn.Module | None,
+        *,
+        solver: DPMSolver,
+        obs_dim: int | None,
+        action_spec: TensorSpec,
+        guidance_scale: float,
+        rescale: bool,
+        num_candidates: int,
+        selection: str,
+        selection_temperature: float,
+        clip_actions: bool,
+        deterministic_seed: int,
+    ) -> None:
+        super().__init__()
+        self.noise_network = noise_network
+        self.energy_network = energy_network
+        self.qvalue_network = qvalue_network
+        self.solver = solver
+        self.obs_dim = obs_dim
+        self.action_dim = int(action_spec.shape[-1])
+        self.sample_dtype = action_spec.dtype
+        self.guidance_scale = guidance_scale
+        self.rescale = rescale
+        self.num_candidates = num_candidates
+        self.selection = selection
+        self.selection_temperature = selection_temperature
+        self.clip_actions = clip_actions and isinstance(action_spec, Bounded)
+        self.deterministic_seed = deterministic_seed
+        low = action_spec.space.low if isinstance(action_spec, Bounded) else torch.zeros(0)
+        high = action_spec.space.high if isinstance(action_spec, Bounded) else torch.zeros(0)
+        self.register_buffer("action_low", low.clone(), persistent=False)
+        self.register_buffer("action_high", high.clone(), persistent=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"guidance_scale={self.guidance_scale}, rescale={self.rescale}, "
+            f"num_candidates={self.num_candidates}, selection={self.selection!r}, "
+            f"clip_actions={self.clip_actions}, solver={self.solver!r}"
+        )
+
+    @property
+    def guided(self) -> bool:
+        """Whether sampling evaluates the energy gradient (``energy_network`` set and ``w != 0``)."""
+        return self.energy_network is not None and self.guidance_scale != 0.0
+
+    def forward(self, observation: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``[*B, s] -> [*B, d]``; without ``generator`` the exploration type picks the noise source."""
+        self._check_observation(observation)
+        if generator is None and exploration_type() not in (None, ExplorationType.RANDOM):
+            generator = torch.Generator(device=observation.device)
+            generator.manual_seed(self.deterministic_seed)
+        batch_shape = observation.shape[:-1]
+        obs = observation.reshape(-1, observation.shape[-1]).to(self.sample_dtype)
+        # Inference mode would silently disable the energy gradient: leave it for the sampler.
+        with torch.inference_mode(False), torch.no_grad():
+            if obs.is_inference():
+                obs = obs.clone()
+            action = self._sample_flat(obs, generator)
+        return action.reshape(*batch_shape, self.action_dim)
+
+    def _check_observation(self, observation: Tensor) -> None:
+        if not isinstance(observation, Tensor):
+            raise TypeError(f"observation must be a tensor, got {type(observation).__name__}.")
+        if observation.ndim == 0 or (
+            self.obs_dim is not None and observation.shape[-1] != self.obs_dim
+        ):
+            expected = "[*B, s]" if self.obs_dim is None else f"[*B, {self.obs_dim}]"
+            raise ValueError(
+                f"AEPOActor expects an observation of shape {expected}, got shape "
+                f"{tuple(observation.shape)}."
+            )
+
+    def _sample_flat(self, obs: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``obs [N, s] -> action [N, d]``; candidates of row ``i`` are rows ``iK..iK+K-1``."""
+        num_obs, k = obs.shape[0], self.num_candidates
+        if k > 1:
+            obs = obs.repeat_interleave(k, dim=0)
+        x_T = torch.randn(
+            (obs.shape[0], self.action_dim), generator=generator, device=obs.device, dtype=obs.dtype
+        )
+        action = self.solver.sample(self._noise_fn(obs), x_T)
+        if self.clip_actions:
+            action = torch.clamp(action, self.action_low, self.action_high)
+        if k == 1:
+            return action
+        return self._select(obs, action.view(num_obs, k, self.action_dim), generator)
+
+    def _noise_fn(self, obs: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """The solver's ``eps(x [N, d], t [N, 1])`` for the observations ``obs [N, s]``."""
+        noise_network = self.noise_network
+        if not self.guided:
+            return lambda x, t: noise_network(x, t, obs)
+        energy_network = self.energy_network
+        sigma = self.solver.schedule.sigma
+        w, rescale = self.guidance_scale, self.rescale
+
+        def guided_eps(x: Tensor, t: Tensor) -> Tensor:
+            with torch.enable_grad():  # one autograd call for the whole batch
+                x_in = x.detach().requires_grad_(True)
+                (grad_f,) = torch.autograd.grad(energy_network(x_in, t, obs).sum(), x_in)
+            return guided_noise(noise_network(x, t, obs), grad_f, sigma(t), w, rescale)
+
+        return guided_eps
+
+    def _select(self, obs: Tensor, candidates: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Pick one of ``candidates [N, K, d]`` per observation with the critic (min over heads)."""
+        num_obs, k, d = candidates.shape
+        q = self.qvalue_network(obs, candidates.reshape(num_obs * k, d))
+        q = q.amin(dim=-1).view(num_obs, k)
+        if self.selection == "argmax_q":
+            index = q.argmax(dim=-1)
+        else:
+            probs = torch.softmax(q / self.selection_temperature, dim=-1)
+            index = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return candidates.gather(1, index.view(num_obs, 1, 1).expand(num_obs, 1, d)).squeeze(1)
+
+
+class AEPOActor(SafeModule):
+    """AEPO policy: guided DPM-Solver sampling from the diffusion behaviour model.
+
+    Sampling (``aepo-math.md`` §10): draw ``a_T ~ N(0, I)`` ``[*B, K, d]`` and integrate the
+    probability-flow ODE from ``t = 1`` to ``t_min`` with ``solver``, using at every model
+    evaluation (including the intermediate points of singlestep solvers) the guided noise
+
+    .. math::
+
+        \\epsilon_w = \\epsilon_\\theta(a_t, s, t) - w\\,\\sigma_t\\,\\nabla_{a_t} f_\\omega(s, a_t, t)
+
+    (gradient ascent on the intermediate energy, i.e. towards higher Q; Eq. 13 multiplied by
+    ``-sigma_t``), rescaled per sample to the norm of ``eps_theta`` when ``rescale`` (Eq. 45):
+    ``eps_w * ||eps_theta|| / max(||eps_w||, 1e-8)``, L2 over the action dimensions. ``w = 0`` or
+    ``energy_network=None`` is exactly the behaviour policy and never evaluates the energy
+    network. The energy gradient of the whole batch is one autograd call per evaluation, with
+    autograd enabled only around it (``torch.no_grad()`` elsewhere, also when the caller runs
+    under ``torch.inference_mode()``); no network parameter receives a gradient.
+
+    Candidates (``num_candidates = K > 1``): each observation is repeated ``K`` times, all
+    ``[*B, K]`` samples are drawn in one batch (clipped first, when ``clip_actions``), and one
+    per observation is kept with the critic ``Q = min`` over the heads of ``qvalue_network``:
+    ``"argmax_q"`` takes the best candidate, ``"softmax_q"`` draws one with probabilities
+    ``softmax(Q / selection_temperature)``. ``"first"`` (the default, and AEPO/QGPO's protocol)
+    needs ``K = 1``.
+
+    Exploration semantics: under ``ExplorationType.RANDOM`` (and when no exploration type is
+    set, as in a bare ``env.rollout``) the latent noise and the ``softmax_q`` draw come from the
+    global torch RNG, so repeated calls give different samples. Under ``DETERMINISTIC``,
+    ``MODE``, ``MEAN`` or ``MEDIAN`` the actor still returns a *sample of the policy* (not the
+    image of the all-zero latent, which is not a typical policy action), drawn from a
+    ``torch.Generator`` reseeded with ``deterministic_seed`` at every call: the same batch of
+    observations always gives the same actions, and the global RNG is left untouched. The noise
+    of a row depends on its position in the flattened batch (row ``i`` uses draws
+    ``i K d .. (i + 1) K d - 1``), so in a batched rollout each environment follows the
+    deterministic map ``s -> a(s, z_i)`` with its own fixed latent ``z_i``. Sampling runs under
+    ``torch.no_grad()`` rather than ``inference_mode`` even when ``w = 0``, so the returned
+    actions are ordinary tensors that a loss can later use with autograd.
+
+    Args:
+        noise_network: ``eps_theta(noisy_action [N, d], time [N, 1], observation [N, s]) -> [N, d]``
+            (``+eps`` convention), e.g. :class:`~torchrl_aepo.UMLPNoisePredictor`. Its
+            ``obs_dim`` / ``action_dim`` attributes, when present, are used to check inputs.
+        energy_network: ``f_omega(noisy_action, time, observation) -> [N, 1]``, e.g.
+            :class:`~torchrl_aepo.EnergyNetwork`; ``None`` samples the behaviour policy.
+
+    Keyword Args:
+        action_spec: a :class:`~torchrl.data.Bounded` (or ``Unbounded``) spec of shape ``[d]``,
+            a ``Composite`` holding it under the output key, a ``(low, high)`` pair, or
+            ``None`` for ``Bounded(-1, 1, shape=[d])`` (D4RL's action box). Its dtype is the
+            sampling dtype (observations are cast to it).
+        guidance_scale: guidance degree ``w``. Defaults to ``1.0``. Settable on the actor.
+        rescale: apply Eq. 45. Defaults to ``True``. Settable on the actor.
+        solver: the ODE solver. Defaults to ``DPMSolver(schedule)`` (DPM-Solver++, singlestep,
+            order 2, 15 evaluations: QGPO's sampler).
+        schedule: the noise schedule, used for ``sigma_t``; must equal ``solver.schedule``.
+            Defaults to the solver's schedule, or ``VPSchedule()``.
+        num_candidates: ``K``, samples per observation. Defaults to ``1``.
+        selection: ``"first"``, ``"argmax_q"`` or ``"softmax_q"``. Defaults to ``"first"``.
+        qvalue_network: critic ``(observation [N, s], action [N, d]) -> [N, H]`` (e.g.
+            :class:`~torchrl_aepo.TwinQNetwork`), needed by the Q-based rules.
+        selection_temperature: temperature of ``"softmax_q"``. Defaults to ``1.0``.
+        clip_actions: clamp samples to the bounds of a ``Bounded`` spec. Defaults to ``True``.
+        deterministic_seed: seed of the deterministic-mode generator. Defaults to ``0``.
+        in_keys: the observation key (one key). Defaults to ``("observation",)``.
+        out_keys: the action key (one key). Defaults to ``("action",)``.
+
+    Checkpoints: :meth:`save` writes the network *modules* themselves (pickled with their
+    parameters, so any importable ``nn.Module`` works) together with the action spec, the
+    solver and schedule configuration and all sampling hyperparameters;
+    :meth:`from_checkpoint` rebuilds the actor, optionally overriding any constructor argument.
+    Loading unpickles code objects: only load checkpoints you trust. The standard
+    ``state_dict`` / ``load_state_dict`` hold the network parameters only (keys
+    ``module.noise_network.*``, ``module.energy_network.*``, ``module.qvalue_network.*``).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_aepo import EnergyNetwork, UMLPNoisePredictor
+        >>> from torchrl_aepo.actor import AEPOActor
+        >>> actor = AEPOActor(
+        ...     UMLPNoisePredictor(action_dim=6, obs_dim=17),
+        ...     EnergyNetwork(action_dim=6, obs_dim=17),
+        ...     guidance_scale=3.0,
+        ... )
+        >>> td = actor(TensorDict({"observation": torch.randn(4, 17)}, batch_size=[4]))
+        >>> td["action"].shape
+        torch.Size([4, 6])
+        >>> actor.sample(torch.randn(2, 5, 17)).shape  # tensor in, tensor out; any batch rank
+        torch.Size([2, 5, 6])
+    """
+
+    module: _GuidedSampler
+
+    def __init__(
+        self,
+        noise_network: nn.Module,
+        energy_network: nn.Module | None = None,
+        *,
+        action_spec: ActionSpecLike = None,
+        guidance_scale: float = 1.0,
+        rescale: bool = True,
+        solver: DPMSolver | None = None,
+        schedule: VPSchedule | None = None,
+        num_candidates: int = 1,
+        selection: str = "first",
+        qvalue_network: nn.Module | None = None,
+        selection_temperature: float = 1.0,
+        clip_actions: bool = True,
+        deterministic_seed: int = 0,
+        in_keys: Sequence[NestedKey] = ("observation",),
+        out_keys: Sequence[NestedKey] = ("action",),
+    ) -> None:
+        in_keys, out_keys = list(in_keys), list(out_keys)
+        if len(in_keys) != 1 or len(out_keys) != 1:
+            raise ValueError(
+                f"AEPOActor reads one observation key and writes one action key, got "
+                f"in_keys={in_keys}, out_keys={out_keys}."
+            )
+        obs_dim = _optional_dim(noise_network, "obs_dim")
+        spec = _action_spec(action_spec, _optional_dim(noise_network, "action_dim"), out_keys[0])
+        action_dim = int(spec.shape[-1])
+        for name, net in (("energy_network", energy_network), ("qvalue_network", qvalue_network)):
+            _check_dims(name, net, obs_dim, action_dim)
+        solver, schedule = _solver_and_schedule(solver, schedule)
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be finite, got {guidance_scale}.")
+        if isinstance(num_candidates, bool) or not isinstance(num_candidates, int):
+            raise ValueError(f"num_candidates must be an int >= 1, got {num_candidates!r}.")
+        if num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {num_candidates}.")
+        if selection not in SELECTION_RULES:
+            raise ValueError(
+                f"Unknown selection rule {selection!r}; expected one of {SELECTION_RULES}."
+            )
+        if selection == "first" and num_candidates > 1:
+            raise ValueError(
+                f"selection='first' keeps one sample, so num_candidates={num_candidates} would "
+                "waste samples; use num_candidates=1 or selection='argmax_q'/'softmax_q'."
+            )
+        if selection != "first" and qvalue_network is None:
+            raise ValueError(f"selection={selection!r} needs a qvalue_network (a critic).")
+        if not selection_temperature > 0:
+            raise ValueError(f"selection_temperature must be > 0, got {selection_temperature}.")
+        sampler = _GuidedSampler(
+            noise_network,
+            energy_network,
+            qvalue_network,
+            solver=solver,
+            obs_dim=obs_dim,
+            action_spec=spec,
+            guidance_scale=float(guidance_scale),
+            rescale=bool(rescale),
+            num_candidates=num_candidates,
+            selection=selection,
+            selection_temperature=float(selection_temperature),
+            clip_actions=bool(clip_actions),
+            deterministic_seed=int(deterministic_seed),
+        )
+        super().__init__(
+            sampler, in_keys=in_keys, out_keys=out_keys, spec=Composite({out_keys[0]: spec})
+        )
+
+    # ------------------------------------------------------------------ tensor API
+    def sample(self, observation: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Sample actions for raw observations ``[*B, s] -> [*B, d]`` without a TensorDict.
+
+        Args:
+            observation: states, any batch rank.
+            generator: noise source; when given it overrides the exploration-type rule.
+        """
+        return self.module(observation, generator)
+
+    @property
+    def noise_network(self) -> nn.Module:
+        """The behaviour noise predictor ``eps_theta``."""
+        return self.module.noise_network
+
+    @property
+    def energy_network(self) -> nn.Module | None:
+        """The intermediate-energy network ``f_omega`` (``None``: behaviour policy)."""
+        return self.module.energy_network
+
+    @property
+    def qvalue_network(self) -> nn.Module | None:
+        """The critic used to select among candidates."""
+        return self.module.qvalue_network
+
+    @property
+    def solver(self) -> DPMSolver:
+        """The ODE solver."""
+        return self.module.solver
+
+    @property
+    def schedule(self) -> VPSchedule:
+        """The noise schedule (``solver.schedule``)."""
+        return self.module.solver.schedule
+
+    @property
+    def action_spec(self) -> TensorSpec:
+        """The spec of the action (``self.spec[out_key]``)."""
+        return self.spec[self.out_keys[0]]
+
+    @property
+    def guidance_scale(self) -> float:
+        """Guidance degree ``w`` (settable, e.g. for a guidance sweep)."""
+        return self.module.guidance_scale
+
+    @guidance_scale.setter
+    def guidance_scale(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise ValueError(f"guidance_scale must be finite, got {value}.")
+        self.module.guidance_scale = float(value)
+
+    @property
+    def rescale(self) -> bool:
+        """Whether the guided noise is rescaled (Eq. 45); settable."""
+        return self.module.rescale
+
+    @rescale.setter
+    def rescale(self, value: bool) -> None:
+        self.module.rescale = bool(value)
+
+    # ------------------------------------------------------------------ checkpoints
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments (besides the networks) that rebuild this actor."""
+        sampler = self.module
+        return {
+            "action_spec": self.action_spec.clone().cpu(),
+            "guidance_scale": sampler.guidance_scale,
+            "rescale": sampler.rescale,
+            "solver": {name: getattr(sampler.solver, name) for name in _SOLVER_ARGS},
+            "schedule": self.schedule.state_dict(),
+            "num_candidates": sampler.num_candidates,
+            "selection": sampler.selection,
+            "selection_temperature": sampler.selection_temperature,
+            "clip_actions": sampler.clip_actions,
+            "deterministic_seed": sampler.deterministic_seed,
+            "in_keys": list(self.in_keys),
+            "out_keys": list(self.out_keys),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the networks (modules with their parameters) and :meth:`config` to ``path``."""
+        torch.save(
+            {
+                "format": _CHECKPOINT_FORMAT,
+                "noise_network": self.noise_network,
+                "energy_network": self.energy_network,
+                "qvalue_network": self.qvalue_network,
+                "config": self.config(),
+            },
+            path,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        map_location: torch.device | str | None = None,
+        **overrides: Any,
+    ) -> AEPOActor:
+        """Rebuild an actor written by :meth:`save`.
+
+        Args:
+            path: the checkpoint file.
+            map_location: forwarded to :func:`torch.load` (e.g. ``"cpu"``).
+            **overrides: any constructor argument, replacing the stored one (for instance
+                ``guidance_scale=3.0``, ``solver=DPMSolver(steps=30)`` or ``num_candidates`` with
+                ``selection``). A ``schedule`` override without a ``solver`` keeps the stored
+                solver configuration on the new schedule.
+        """
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"{os.fspath(path)!r} is not an AEPOActor checkpoint written by save()."
+            )
+        kwargs = dict(payload["config"])
+        solver_args = kwargs.pop("solver")
+        schedule = VPSchedule(**kwargs.pop("schedule"))
+        for name in ("noise_network", "energy_network", "qvalue_network"):
+            kwargs[name] = payload[name]
+        kwargs.update(overrides)
+        if "solver" not in overrides:
+            schedule = kwargs.pop("schedule", schedule)
+            kwargs["solver"] = DPMSolver(schedule, **solver_args)
+        return cls(**kwargs)
+
+
+def _optional_dim(network: nn.Module, name: str) -> int | None:
+    value = getattr(network, name, None)
+    return None if value is None else int(value)
+
+
+def _check_dims(name: str, network: nn.Module | None, obs_dim: int | None, action_dim: int) -> None:
+    if network is None:
+        return
+    for attr, expected in (("obs_dim", obs_dim), ("action_dim", action_dim)):
+        got = _optional_dim(network, attr)
+        if got is not None and expected is not None and got != expected:
+            raise ValueError(
+                f"{name}.{attr} = {got} does not match the noise network / action spec ({expected})."
+            )
+
+
+def _action_spec(spec: ActionSpecLike, action_dim: int | None, out_key: NestedKey) -> TensorSpec:
+    """Normalise the ``action_spec`` argument to a ``[d]`` spec."""
+    if isinstance(spec, Composite):
+        if out_key not in spec.keys(True, True):
+            raise ValueError(
+                f"The Composite action_spec has no entry for the output key {out_key!r}."
+            )
+        spec = spec[out_key]
+    if spec is None or isinstance(spec, tuple):
+        if action_dim is None:
+            raise ValueError(
+                "Cannot infer the action dimension: pass a TensorSpec as action_spec or use a "
+                "noise_network with an `action_dim` attribute."
+            )
+        low, high = (-1.0, 1.0) if spec is None else spec
+        spec = Bounded(low, high, shape=(action_dim,), dtype=torch.float32)
+    elif not isinstance(spec, (Bounded, Unbounded)):
+        raise TypeError(
+            f"action_spec must be None, a (low, high) pair, Bounded, Unbounded or Composite; "
+            f"got {type(spec).__name__}."
+        )
+    if len(spec.shape) != 1 or (action_dim is not None and spec.shape[-1] != action_dim):
+        raise ValueError(
+            f"action_spec must have shape [{action_dim if action_dim is not None else 'd'}], "
+            f"got {tuple(spec.shape)}."
+        )
+    if not spec.dtype.is_floating_point:
+        raise ValueError(f"action_spec must have a floating dtype, got {spec.dtype}.")
+    return spec.clone()
+
+
+def _solver_and_schedule(
+    solver: DPMSolver | None, schedule: VPSchedule | None
+) -> tuple[DPMSolver, VPSchedule]:
+    if solver is None:
+        solver = DPMSolver(schedule)
+    elif schedule is not None and schedule.state_dict() != solver.schedule.state_dict():
+        raise ValueError(
+            f"schedule {schedule!r} differs from the solver's schedule {solver.schedule!r}; "
+            "pass one of them (or the same one)."
+        )
+    return solver, solver.schedule
