@@ -1,0 +1,661 @@
+"""Offline trainer for AEPO: staged or joint schedules, hooks, checkpoints, resume.
+
+AEPO trains four things on a fixed dataset (``aepo-math.md`` §9): the behaviour diffusion
+model, the expectile critic, the ``Gamma(t)`` table of Posterior 1, and the intermediate
+energy. :class:`OfflineTrainer` runs a list of :class:`Stage` objects one after the other;
+each stage has a step budget, a step function that performs one optimisation step on a
+replay-buffer batch, and the objects it checkpoints. :func:`make_aepo_stages` builds either
+
+* the **staged** schedule ``diffusion -> critic -> gamma -> energy`` (QGPO's practice, the
+  recommended default), or
+* the **joint** schedule: one stage whose step updates all networks on the same batch
+  (Algorithm 1), refreshing the ``Gamma`` table every ``gamma_refresh_interval`` steps.
+
+Why not :class:`torchrl.trainers.Trainer`: it is driven by a data collector (``for batch in
+collector``; frames, ``init_random_frames``, policy-weight syncing) and steps one loss module
+with one optimiser. Offline AEPO has no collector and trains several losses in sequence, some
+with frozen copies of the networks of earlier stages. This module therefore keeps Trainer's
+*hook style* (:meth:`OfflineTrainer.register_op` with named destinations such as
+``"process_optim_batch"``, ``"post_optim"`` and ``"post_steps_log"``) and TorchRL's pieces
+(replay-buffer sampling, ``LossModule``, ``SoftUpdate``, TorchRL loggers, ``timeit``), and
+adds what an offline multi-stage run needs: per-stage budgets, per-stage checkpoints and
+resume without redoing finished stages.
+
+Checkpoints: ``<run_dir>/checkpoints/<stage>.pt`` is written every ``checkpoint_interval``
+steps and when the stage finishes (atomically: temporary file + ``os.replace``), so a kill
+loses at most one interval. On restart the trainer loads every stage checkpoint, skips the
+finished stages and continues the unfinished one from its last saved step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor
+from torchrl._utils import timeit
+from tqdm.auto import tqdm
+
+__all__ = [
+    "CheckpointError",
+    "Stage",
+    "OfflineTrainer",
+    "OptimizerStep",
+    "make_aepo_stages",
+    "config_hash",
+    "STAGED",
+    "JOINT",
+]
+
+STAGED = ("diffusion", "critic", "gamma", "energy")
+JOINT = ("joint",)
+CHECKPOINT_FORMAT = "torchrl-aepo-stage-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint in the run directory is unreadable or belongs to a different configuration."""
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Short stable hash (sha1, 12 hex digits) of a JSON-serialisable mapping."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+@dataclass
+class Stage:
+    """One training stage.
+
+    Args:
+        name: stage name (also the checkpoint file name and the logging prefix).
+        total_steps: number of calls of ``step`` that complete the stage.
+        step: ``step(batch, step_index) -> metrics``; ``batch`` is a replay-buffer sample of
+            ``batch_size`` transitions on the trainer's device, or ``None`` when
+            ``batch_size`` is ``None``. ``metrics`` maps names to scalars (tensors or floats).
+        stateful: ``() -> {name: object}``; every object has ``state_dict`` /
+            ``load_state_dict`` (modules, optimisers, loss modules, statistics) and is saved
+            in the stage's checkpoint.
+        batch_size: replay-buffer batch size per step; ``None``: the step takes no batch.
+        setup: called once before the stage's state is restored or it runs (e.g. to build a
+            loss that needs the networks of earlier stages).
+        finalize: called once the stage is complete, also when a finished stage is restored
+            on resume (e.g. to copy EMA weights into the sampling network). Must be idempotent.
+    """
+
+    name: str
+    total_steps: int
+    step: Callable[[TensorDictBase | None, int], Mapping[str, Tensor | float]]
+    stateful: Callable[[], Mapping[str, Any]]
+    batch_size: int | None = 256
+    setup: Callable[[], None] | None = None
+    finalize: Callable[[], None] | None = None
+
+
+@dataclass
+class _StageRecord:
+    steps: int = 0  # steps done in total (all runs)
+    steps_this_run: int = 0
+    seconds: float = 0.0  # wall time in total (all runs)
+    seconds_this_run: float = 0.0
+    done: bool = False
+    skipped: bool = False  # restored as finished: not redone in this run
+    resumed_from: int | None = None  # step the stage continued from, if it was resumed
+
+    def summary(self) -> dict[str, Any]:
+        ups = self.steps_this_run / self.seconds_this_run if self.seconds_this_run > 0 else None
+        return {
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "steps_this_run": self.steps_this_run,
+            "seconds_this_run": round(self.seconds_this_run, 3),
+            "updates_per_s": None if ups is None else round(ups, 2),
+            "done": self.done,
+            "skipped": self.skipped,
+            "resumed_from": self.resumed_from,
+        }
+
+
+@dataclass
+class OptimizerStep:
+    """``zero_grad`` / ``backward`` / optional grad clipping / ``step`` / optional lr schedule.
+
+    Args:
+        optimizer: the optimiser.
+        params: the parameters to clip (defaults to the optimiser's).
+        grad_clip: max global gradient norm, or ``None``.
+        scheduler: an optional lr scheduler stepped after each optimiser step.
+    """
+
+    optimizer: torch.optim.Optimizer
+    grad_clip: float | None = None
+    scheduler: Any = None
+    params: list[Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.params:
+            self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def __call__(self, loss: Tensor) -> Tensor | None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = None
+        if self.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return norm
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+_HOOK_DESTS = (
+    "pre_stage",  # op(stage_name)
+    "process_optim_batch",  # op(batch) -> batch
+    "post_optim",  # op(stage_name, step, metrics)   (step: 1-based count of finished steps)
+    "post_steps_log",  # op(stage_name, step, logged_means)
+    "post_stage",  # op(stage_name, record_summary)
+)
+
+
+class OfflineTrainer:
+    """Runs :class:`Stage` objects in order on batches sampled from a TorchRL replay buffer.
+
+    Args:
+        stages: the stages, run in this order.
+        replay_buffer: a TorchRL replay buffer; ``replay_buffer.sample(batch_size)`` gives a
+            batch (TED keys).
+
+    Keyword Args:
+        run_dir: run directory; checkpoints go to ``run_dir/checkpoints``.
+        logger: a TorchRL :class:`~torchrl.record.loggers.Logger` or ``None``. Scalars are
+            also kept in :attr:`history` (and in the checkpoints) for plots and results.
+        device: device of the batches.
+        log_interval: steps between logged (interval-averaged) scalars.
+        checkpoint_interval: steps between checkpoints.
+        progress_bar: a tqdm bar per stage.
+        config: the training configuration (JSON-serialisable). Its hash is stored in every
+            checkpoint; resuming with a different configuration raises :class:`CheckpointError`.
+        stop_after_stage: stop (after checkpointing) once this stage is complete.
+        resume: load existing checkpoints of ``run_dir``; if ``False`` and checkpoints
+            exist, raise :class:`CheckpointError`.
+
+    Hooks (:meth:`register_op`): ``"pre_stage"`` ``op(stage)``; ``"process_optim_batch"``
+    ``op(batch) -> batch``; ``"post_optim"`` ``op(stage, step, metrics)``;
+    ``"post_steps_log"`` ``op(stage, step, means)``; ``"post_stage"`` ``op(stage, summary)``.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        replay_buffer: Any,
+        *,
+        run_dir: str | os.PathLike,
+        logger: Any = None,
+        device: torch.device | str | None = None,
+        log_interval: int = 1000,
+        checkpoint_interval: int = 10000,
+        progress_bar: bool = True,
+        config: Mapping[str, Any] | None = None,
+        stop_after_stage: str | None = None,
+        resume: bool = True,
+    ) -> None:
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Stage names must be unique, got {names}.")
+        if stop_after_stage is not None and stop_after_stage not in names:
+            raise ValueError(
+                f"stop_after_stage={stop_after_stage!r} is not a stage of this schedule; "
+                f"choose one of {names}."
+            )
+        if log_interval < 1 or checkpoint_interval < 1:
+            raise ValueError("log_interval and checkpoint_interval must be >= 1.")
+        self.stages = list(stages)
+        self.replay_buffer = replay_buffer
+        self.run_dir = Path(run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.logger = logger
+        self.device = torch.device(device) if device is not None else None
+        self.log_interval = int(log_interval)
+        self.checkpoint_interval = int(checkpoint_interval)
+        self.progress_bar = progress_bar
+        self.config = dict(config or {})
+        self.config_hash = config_hash(self.config)
+        self.stop_after_stage = stop_after_stage
+        self.resume = resume
+        self.records = {s.name: _StageRecord() for s in self.stages}
+        #: scalar history: ``{"<stage>/<name>": [[step, value], ...]}``
+        self.history: dict[str, list[list[float]]] = {}
+        self.stopped_after: str | None = None
+        self._ops: dict[str, list[Callable]] = {d: [] for d in _HOOK_DESTS}
+
+    # ------------------------------------------------------------------ hooks
+    def register_op(self, dest: str, op: Callable) -> None:
+        """Register ``op`` at hook destination ``dest`` (see the class docstring)."""
+        if dest not in self._ops:
+            raise ValueError(f"Unknown hook destination {dest!r}; choose one of {_HOOK_DESTS}.")
+        self._ops[dest].append(op)
+
+    def log_scalar(self, name: str, value: float, step: int) -> None:
+        """Log a scalar to the logger and keep it in :attr:`history`."""
+        value = float(value)
+        self.history.setdefault(name, []).append([int(step), value])
+        if self.logger is not None:
+            self.logger.log_scalar(name, value, step=int(step))
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_path(self, stage: str) -> Path:
+        return self.checkpoint_dir / f"{stage}.pt"
+
+    def _stage_history(self, stage: str) -> dict[str, list[list[float]]]:
+        prefix = f"{stage}/"
+        return {k: v for k, v in self.history.items() if k.startswith(prefix)}
+
+    def save_checkpoint(self, stage: Stage) -> Path:
+        record = self.records[stage.name]
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "stage": stage.name,
+            "step": record.steps,
+            "total_steps": stage.total_steps,
+            "done": record.done,
+            "seconds": record.seconds,
+            "config_hash": self.config_hash,
+            "config": json.dumps(self.config, sort_keys=True, default=str),
+            "state": {k: v.state_dict() for k, v in stage.stateful().items()},
+            "history": self._stage_history(stage.name),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": json.dumps(_numpy_state_to_json(np.random.get_state())),
+                "python": json.dumps(random.getstate()),
+            },
+        }
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_path(stage.name)
+        tmp = path.with_suffix(".pt.tmp")
+        with timeit("train/checkpoint"):
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, stage: str) -> dict[str, Any] | None:
+        """Read and validate a stage checkpoint; ``None`` if there is none."""
+        path = self.checkpoint_path(stage)
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling/zip error means corrupt
+            raise CheckpointError(
+                f"The checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}). "
+                f"Delete it to redo the '{stage}' stage from its start, or use a new run_dir."
+            ) from err
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{path} is not a torchrl-aepo stage checkpoint (missing format tag). Delete it "
+                f"or use a new run_dir."
+            )
+        missing = {"stage", "step", "done", "state", "config_hash"} - set(state)
+        if missing:
+            raise CheckpointError(f"The checkpoint {path} lacks {sorted(missing)}; it is corrupt.")
+        if state["config_hash"] != self.config_hash:
+            saved = json.loads(state.get("config", "{}"))
+            changed = _diff_keys(saved, self.config)
+            raise CheckpointError(
+                f"The checkpoint {path} was written with a different training configuration "
+                f"(changed: {changed or 'unknown'}). Resume with the original settings, or start "
+                f"a new run (a new run_dir, or resume=false in an empty directory)."
+            )
+        return state
+
+    def existing_checkpoints(self) -> list[Path]:
+        return [self.checkpoint_path(s.name) for s in self.stages if self.checkpoint_path(s.name).exists()]
+
+    # --------------------------------------------------------------- training
+    def train(self) -> dict[str, Any]:
+        """Run (or resume) every stage; returns :meth:`summary`."""
+        if not self.resume and self.existing_checkpoints():
+            raise CheckpointError(
+                f"{self.checkpoint_dir} already holds checkpoints "
+                f"({[p.name for p in self.existing_checkpoints()]}) and resume is off. Use a new "
+                f"run_dir, or resume to continue that run."
+            )
+        for stage in self.stages:
+            self._run_stage(stage)
+            if self.stop_after_stage == stage.name:
+                self.stopped_after = stage.name
+                break
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stages": {name: rec.summary() for name, rec in self.records.items()},
+            "stopped_after": self.stopped_after,
+            "config_hash": self.config_hash,
+        }
+
+    def _run_stage(self, stage: Stage) -> None:
+        record = self.records[stage.name]
+        if stage.setup is not None:
+            stage.setup()
+        saved = self.load_checkpoint(stage.name) if self.resume else None
+        if saved is not None:
+            objects = stage.stateful()
+            missing = set(objects) - set(saved["state"])
+            if missing:
+                raise CheckpointError(
+                    f"The checkpoint {self.checkpoint_path(stage.name)} lacks the state of "
+                    f"{sorted(missing)}; it is corrupt or from another version."
+                )
+            try:
+                for key, obj in objects.items():
+                    obj.load_state_dict(saved["state"][key])
+            except (RuntimeError, KeyError, ValueError) as err:
+                raise CheckpointError(
+                    f"Could not restore '{stage.name}' from {self.checkpoint_path(stage.name)}: "
+                    f"{err}. The networks of this configuration do not match the checkpoint."
+                ) from err
+            record.steps = int(saved["step"])
+            record.seconds = float(saved.get("seconds", 0.0))
+            record.done = bool(saved["done"])
+            for key, values in saved.get("history", {}).items():
+                self.history[key] = [list(v) for v in values]
+            if "rng" in saved:
+                torch.set_rng_state(saved["rng"]["torch"])
+                np.random.set_state(_numpy_state_from_json(json.loads(saved["rng"]["numpy"])))
+                random.setstate(_tuplify(json.loads(saved["rng"]["python"])))
+            if record.done:
+                record.skipped = True
+                print(f"[trainer] stage '{stage.name}': finished in a previous run "
+                      f"({record.steps} steps), restored from its checkpoint, not redone.")
+            else:
+                record.resumed_from = record.steps
+                print(f"[trainer] stage '{stage.name}': resuming at step {record.steps}/"
+                      f"{stage.total_steps}.")
+        if record.steps >= stage.total_steps:
+            record.done = True
+        if not record.done:
+            self._loop(stage, record)
+        if stage.finalize is not None:
+            stage.finalize()
+        for op in self._ops["post_stage"]:
+            op(stage.name, record.summary())
+
+    def _loop(self, stage: Stage, record: _StageRecord) -> None:
+        for op in self._ops["pre_stage"]:
+            op(stage.name)
+        bar = tqdm(
+            total=stage.total_steps,
+            initial=record.steps,
+            desc=f"{stage.name:>9s}",
+            disable=not self.progress_bar,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        sums: dict[str, Tensor | float] = {}
+        count = 0
+        start = time.perf_counter()
+        seconds_before = record.seconds
+        try:
+            while record.steps < stage.total_steps:
+                batch = None
+                if stage.batch_size is not None:
+                    with timeit(f"train/{stage.name}/sample"):
+                        batch = self.replay_buffer.sample(stage.batch_size)
+                        if self.device is not None:
+                            batch = batch.to(self.device, non_blocking=True)
+                        for op in self._ops["process_optim_batch"]:
+                            batch = op(batch)
+                with timeit(f"train/{stage.name}/update"):
+                    metrics = stage.step(batch, record.steps)
+                record.steps += 1
+                record.steps_this_run += 1
+                for key, value in metrics.items():
+                    value = value.detach() if isinstance(value, Tensor) else float(value)
+                    sums[key] = sums[key] + value if key in sums else value
+                count += 1
+                if self._ops["post_optim"]:
+                    with timeit(f"train/{stage.name}/hooks"):
+                        for op in self._ops["post_optim"]:
+                            op(stage.name, record.steps, metrics)
+                elapsed = time.perf_counter() - start
+                record.seconds_this_run = elapsed
+                record.seconds = seconds_before + elapsed
+                last = record.steps >= stage.total_steps
+                if count and (record.steps % self.log_interval == 0 or last):
+                    means = {k: float(v) / count for k, v in sums.items()}
+                    for key, value in means.items():
+                        self.log_scalar(f"{stage.name}/{key}", value, record.steps)
+                    self.log_scalar(f"{stage.name}/updates_per_s",
+                                    record.steps_this_run / max(elapsed, 1e-9), record.steps)
+                    for op in self._ops["post_steps_log"]:
+                        op(stage.name, record.steps, means)
+                    first = next(iter(means.items()), None)
+                    if first is not None:
+                        bar.set_postfix({first[0]: f"{first[1]:.4g}"}, refresh=False)
+                    sums, count = {}, 0
+                bar.update(1)
+                if last:
+                    record.done = True
+                if last or record.steps % self.checkpoint_interval == 0:
+                    self.save_checkpoint(stage)
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"\n[trainer] interrupted in stage '{stage.name}' at step {record.steps}; "
+                  f"the last checkpoint is in {self.checkpoint_dir}. Re-run with the same run_dir "
+                  f"to resume.")
+            raise
+        bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# AEPO stages
+# ---------------------------------------------------------------------------------------------
+
+
+def _metrics(td: TensorDictBase) -> dict[str, Tensor]:
+    """Scalar entries of a loss output (losses and diagnostics), detached."""
+    out = {}
+    for key, value in td.items():
+        if isinstance(value, Tensor) and value.numel() == 1:
+            out[key] = value.detach().reshape(())
+    return out
+
+
+def make_aepo_stages(
+    *,
+    schedule: str,
+    steps: Mapping[str, int],
+    batch_sizes: Mapping[str, int],
+    diffusion_loss: Any,
+    diffusion_step: OptimizerStep,
+    diffusion_updater: Any,
+    critic_loss: Any,
+    critic_step: OptimizerStep,
+    critic_updater: Any,
+    estimate_gamma: Callable[[], Any],
+    make_energy_loss: Callable[[Any], Any],
+    energy_step: Callable[[Any], OptimizerStep],
+    on_diffusion_done: Callable[[], None],
+    gamma_refresh_interval: int = 10000,
+) -> tuple[list[Stage], dict[str, Any]]:
+    """Build AEPO's training stages.
+
+    Args:
+        schedule: ``"staged"`` (diffusion, critic, gamma, energy) or ``"joint"`` (one loop).
+        steps: ``{"diffusion", "critic", "energy", "joint"}`` step budgets.
+        batch_sizes: batch size per stage name.
+        diffusion_loss: a :class:`~torchrl_aepo.DiffusionLoss`.
+        diffusion_step: its optimiser step.
+        diffusion_updater: ``SoftUpdate`` of its EMA (or ``None``).
+        critic_loss: an ``ExpectileLoss``.
+        critic_step: its optimiser step.
+        critic_updater: ``SoftUpdate`` of the target Q.
+        estimate_gamma: ``() -> PosteriorStatistics`` computed with the current sampling
+            network (called by the gamma stage, and periodically by the joint loop).
+        make_energy_loss: ``(posterior_statistics) -> AnalyticEnergyLoss``.
+        energy_step: ``(energy_loss) -> OptimizerStep`` for the energy network.
+        on_diffusion_done: copies the (EMA) diffusion weights into the sampling network used
+            by the energy target and the actor. Called when the diffusion stage is complete,
+            and in the joint loop before each Gamma refresh.
+        gamma_refresh_interval: joint schedule only.
+
+    Returns:
+        ``(stages, context)`` where ``context`` holds ``"posterior"`` (the statistics),
+        ``"energy_loss"`` and ``"energy_step"`` once built.
+    """
+    ctx: dict[str, Any] = {"posterior": None, "energy_loss": None, "energy_step": None}
+
+    def diffusion_update(batch, _step):
+        out = diffusion_loss(batch)
+        diffusion_step(out["loss_diffusion"])
+        if diffusion_updater is not None:
+            diffusion_updater.step()
+        return _metrics(out)
+
+    def critic_update(batch, _step):
+        out = critic_loss(batch)
+        critic_step(out["loss_qvalue"] + out["loss_value"])
+        critic_updater.step()
+        return _metrics(out)
+
+    def build_energy():
+        if ctx["energy_loss"] is None:
+            ctx["energy_loss"] = make_energy_loss(ctx["posterior"])
+            ctx["energy_step"] = energy_step(ctx["energy_loss"])
+
+    def energy_update(batch, _step):
+        out = ctx["energy_loss"](batch)
+        ctx["energy_step"](out["loss_energy"])
+        return _metrics(out)
+
+    class _PosteriorSlot:
+        """Checkpoints the Gamma statistics held in ``ctx``."""
+
+        def state_dict(self):
+            return ctx["posterior"].state_dict()
+
+        def load_state_dict(self, state):
+            from torchrl_aepo.objectives.posterior import PosteriorStatistics
+
+            ctx["posterior"] = PosteriorStatistics.from_state_dict(state)
+            if ctx["energy_loss"] is not None:
+                ctx["energy_loss"].update_posterior_statistics(ctx["posterior"])
+
+    def gamma_update(_batch, _step):
+        with timeit("train/gamma/estimate"):
+            ctx["posterior"] = estimate_gamma()
+        if ctx["energy_loss"] is not None:
+            ctx["energy_loss"].update_posterior_statistics(ctx["posterior"])
+        return {}
+
+    if schedule == "staged":
+        stages = [
+            Stage("diffusion", int(steps["diffusion"]), diffusion_update,
+                  lambda: {"loss": diffusion_loss, "optim": diffusion_step},
+                  batch_size=int(batch_sizes["diffusion"]), finalize=on_diffusion_done),
+            Stage("critic", int(steps["critic"]), critic_update,
+                  lambda: {"loss": critic_loss, "optim": critic_step},
+                  batch_size=int(batch_sizes["critic"])),
+            Stage("gamma", 1, gamma_update, lambda: {"posterior": _PosteriorSlot()},
+                  batch_size=None),
+            Stage("energy", int(steps["energy"]), energy_update,
+                  lambda: {"loss": ctx["energy_loss"], "optim": ctx["energy_step"]},
+                  batch_size=int(batch_sizes["energy"]), setup=build_energy),
+        ]
+        return stages, ctx
+
+    if schedule == "joint":
+        refresh = max(int(gamma_refresh_interval), 1)
+
+        def joint_setup():
+            # A provisional Gamma table from the untrained network so that the energy loss
+            # exists; it is refreshed at step 0 and then every `refresh` steps.
+            on_diffusion_done()
+            ctx["posterior"] = estimate_gamma()
+            build_energy()
+
+        def joint_update(batch, step):
+            metrics = {}
+            metrics.update(diffusion_update(batch, step))
+            metrics.update(critic_update(batch, step))
+            if step % refresh == 0 and step > 0:
+                on_diffusion_done()
+                gamma_update(None, step)
+            metrics.update(energy_update(batch, step))
+            return metrics
+
+        stages = [
+            Stage("joint", int(steps["joint"]), joint_update,
+                  lambda: {"diffusion": diffusion_loss, "diffusion_optim": diffusion_step,
+                           "critic": critic_loss, "critic_optim": critic_step,
+                           "posterior": _PosteriorSlot(), "energy": ctx["energy_loss"],
+                           "energy_optim": ctx["energy_step"]},
+                  batch_size=int(batch_sizes["joint"]), setup=joint_setup,
+                  finalize=on_diffusion_done),
+        ]
+        return stages, ctx
+
+    raise ValueError(f"train.schedule must be 'staged' or 'joint', got {schedule!r}.")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _numpy_state_to_json(state: tuple) -> list:
+    name, keys, pos, has_gauss, cached = state
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_state_from_json(state: list) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached
+
+
+def _tuplify(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+def _diff_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        name = f"{prefix}{key}"
+        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            keys.extend(_diff_keys(va, vb, name + "."))
+        elif json.dumps(va, default=str) != json.dumps(vb, default=str):
+            keys.append(f"{name}: {va!r} -> {vb!r}")
+    return keys
+
+
+def cosine_or_constant(optimizer: torch.optim.Optimizer, kind: str, total_steps: int) -> Any:
+    """``None`` for a constant lr, or a cosine decay to 0 over ``total_steps``."""
+    if kind == "constant":
+        return None
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / max(total_steps, 1)))
+        )
+    raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {kind!r}.")
