@@ -77,9 +77,7 @@ def _setup(schedule="staged", steps=None):
             energy, behaviour, closs.target_qvalue_network(), post
         ),
         energy_step=opt,
-        on_diffusion_done=lambda: behaviour.load_state_dict(
-            dloss.sampling_network().state_dict()
-        ),
+        on_diffusion_done=lambda: behaviour.load_state_dict(dloss.sampling_network().state_dict()),
         gamma_refresh_interval=4,
     )
     nets = {"noise": noise, "behaviour": behaviour, "energy": energy, "q": qnet}
@@ -89,8 +87,13 @@ def _setup(schedule="staged", steps=None):
 def _trainer(tmp_path, stages, rb, **kwargs):
     kwargs.setdefault("config", {"a": 1})
     return OfflineTrainer(
-        stages, rb, run_dir=tmp_path, log_interval=2, checkpoint_interval=3,
-        progress_bar=False, **kwargs
+        stages,
+        rb,
+        run_dir=tmp_path,
+        log_interval=2,
+        checkpoint_interval=3,
+        progress_bar=False,
+        **kwargs,
     )
 
 
@@ -133,7 +136,10 @@ def test_resume_skips_finished_stages(tmp_path):
     saved = torch.load(tmp_path / "checkpoints" / "diffusion.pt", weights_only=True)
     w = saved["state"]["loss"]["noise_network_params.mlp.0.weight"]
     torch.testing.assert_close(nets["noise"].mlp[0].weight, w)
-    assert any(not torch.equal(a, b) for a, b in zip(energy_before, nets["energy"].parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(energy_before, nets["energy"].parameters(), strict=True)
+    )
     # history of the restored stages is kept (for plots)
     assert len(trainer.history["diffusion/loss_diffusion"]) >= 1
 
@@ -203,10 +209,26 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="stop_after_stage"):
         OfflineTrainer(stages, rb, run_dir=".", stop_after_stage="nope")
     with pytest.raises(ValueError, match="schedule"):
-        make_aepo_stages(schedule="nope", **{k: None for k in (
-            "steps", "batch_sizes", "diffusion_loss", "diffusion_step", "diffusion_updater",
-            "critic_loss", "critic_step", "critic_updater", "estimate_gamma", "make_energy_loss",
-            "energy_step", "on_diffusion_done")})
+        make_aepo_stages(
+            schedule="nope",
+            **{
+                k: None
+                for k in (
+                    "steps",
+                    "batch_sizes",
+                    "diffusion_loss",
+                    "diffusion_step",
+                    "diffusion_updater",
+                    "critic_loss",
+                    "critic_step",
+                    "critic_updater",
+                    "estimate_gamma",
+                    "make_energy_loss",
+                    "energy_step",
+                    "on_diffusion_done",
+                )
+            },
+        )
     trainer = OfflineTrainer(stages, rb, run_dir=".")
     with pytest.raises(ValueError, match="hook destination"):
         trainer.register_op("nope", print)

@@ -331,7 +331,11 @@ class OfflineTrainer:
         return state
 
     def existing_checkpoints(self) -> list[Path]:
-        return [self.checkpoint_path(s.name) for s in self.stages if self.checkpoint_path(s.name).exists()]
+        return [
+            self.checkpoint_path(s.name)
+            for s in self.stages
+            if self.checkpoint_path(s.name).exists()
+        ]
 
     # --------------------------------------------------------------- training
     def train(self) -> dict[str, Any]:
@@ -388,12 +392,16 @@ class OfflineTrainer:
                 random.setstate(_tuplify(json.loads(saved["rng"]["python"])))
             if record.done:
                 record.skipped = True
-                print(f"[trainer] stage '{stage.name}': finished in a previous run "
-                      f"({record.steps} steps), restored from its checkpoint, not redone.")
+                print(
+                    f"[trainer] stage '{stage.name}': finished in a previous run "
+                    f"({record.steps} steps), restored from its checkpoint, not redone."
+                )
             else:
                 record.resumed_from = record.steps
-                print(f"[trainer] stage '{stage.name}': resuming at step {record.steps}/"
-                      f"{stage.total_steps}.")
+                print(
+                    f"[trainer] stage '{stage.name}': resuming at step {record.steps}/"
+                    f"{stage.total_steps}."
+                )
         if record.steps >= stage.total_steps:
             record.done = True
         if not record.done:
@@ -448,8 +456,11 @@ class OfflineTrainer:
                     means = {k: float(v) / count for k, v in sums.items()}
                     for key, value in means.items():
                         self.log_scalar(f"{stage.name}/{key}", value, record.steps)
-                    self.log_scalar(f"{stage.name}/updates_per_s",
-                                    record.steps_this_run / max(elapsed, 1e-9), record.steps)
+                    self.log_scalar(
+                        f"{stage.name}/updates_per_s",
+                        record.steps_this_run / max(elapsed, 1e-9),
+                        record.steps,
+                    )
                     for op in self._ops["post_steps_log"]:
                         op(stage.name, record.steps, means)
                     first = next(iter(means.items()), None)
@@ -463,9 +474,11 @@ class OfflineTrainer:
                     self.save_checkpoint(stage)
         except KeyboardInterrupt:
             bar.close()
-            print(f"\n[trainer] interrupted in stage '{stage.name}' at step {record.steps}; "
-                  f"the last checkpoint is in {self.checkpoint_dir}. Re-run with the same run_dir "
-                  f"to resume.")
+            print(
+                f"\n[trainer] interrupted in stage '{stage.name}' at step {record.steps}; "
+                f"the last checkpoint is in {self.checkpoint_dir}. Re-run with the same run_dir "
+                f"to resume."
+            )
             raise
         bar.close()
 
@@ -573,17 +586,32 @@ def make_aepo_stages(
 
     if schedule == "staged":
         stages = [
-            Stage("diffusion", int(steps["diffusion"]), diffusion_update,
-                  lambda: {"loss": diffusion_loss, "optim": diffusion_step},
-                  batch_size=int(batch_sizes["diffusion"]), finalize=on_diffusion_done),
-            Stage("critic", int(steps["critic"]), critic_update,
-                  lambda: {"loss": critic_loss, "optim": critic_step},
-                  batch_size=int(batch_sizes["critic"])),
-            Stage("gamma", 1, gamma_update, lambda: {"posterior": _PosteriorSlot()},
-                  batch_size=None),
-            Stage("energy", int(steps["energy"]), energy_update,
-                  lambda: {"loss": ctx["energy_loss"], "optim": ctx["energy_step"]},
-                  batch_size=int(batch_sizes["energy"]), setup=build_energy),
+            Stage(
+                "diffusion",
+                int(steps["diffusion"]),
+                diffusion_update,
+                lambda: {"loss": diffusion_loss, "optim": diffusion_step},
+                batch_size=int(batch_sizes["diffusion"]),
+                finalize=on_diffusion_done,
+            ),
+            Stage(
+                "critic",
+                int(steps["critic"]),
+                critic_update,
+                lambda: {"loss": critic_loss, "optim": critic_step},
+                batch_size=int(batch_sizes["critic"]),
+            ),
+            Stage(
+                "gamma", 1, gamma_update, lambda: {"posterior": _PosteriorSlot()}, batch_size=None
+            ),
+            Stage(
+                "energy",
+                int(steps["energy"]),
+                energy_update,
+                lambda: {"loss": ctx["energy_loss"], "optim": ctx["energy_step"]},
+                batch_size=int(batch_sizes["energy"]),
+                setup=build_energy,
+            ),
         ]
         return stages, ctx
 
@@ -608,13 +636,23 @@ def make_aepo_stages(
             return metrics
 
         stages = [
-            Stage("joint", int(steps["joint"]), joint_update,
-                  lambda: {"diffusion": diffusion_loss, "diffusion_optim": diffusion_step,
-                           "critic": critic_loss, "critic_optim": critic_step,
-                           "posterior": _PosteriorSlot(), "energy": ctx["energy_loss"],
-                           "energy_optim": ctx["energy_step"]},
-                  batch_size=int(batch_sizes["joint"]), setup=joint_setup,
-                  finalize=on_diffusion_done),
+            Stage(
+                "joint",
+                int(steps["joint"]),
+                joint_update,
+                lambda: {
+                    "diffusion": diffusion_loss,
+                    "diffusion_optim": diffusion_step,
+                    "critic": critic_loss,
+                    "critic_optim": critic_step,
+                    "posterior": _PosteriorSlot(),
+                    "energy": ctx["energy_loss"],
+                    "energy_optim": ctx["energy_step"],
+                },
+                batch_size=int(batch_sizes["joint"]),
+                setup=joint_setup,
+                finalize=on_diffusion_done,
+            ),
         ]
         return stages, ctx
 
@@ -656,6 +694,7 @@ def cosine_or_constant(optimizer: torch.optim.Optimizer, kind: str, total_steps:
         return None
     if kind == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / max(total_steps, 1)))
+            optimizer,
+            lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / max(total_steps, 1))),
         )
     raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {kind!r}.")
