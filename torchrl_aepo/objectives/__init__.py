@@ -1,5 +1,15 @@
 """AEPO's loss modules (``torchrl.objectives.LossModule`` subclasses)."""
 
 from torchrl_aepo.objectives.diffusion import DiffusionLoss
+from torchrl_aepo.objectives.energy import AnalyticEnergyLoss, EnergyLossBase, frozen_view
+from torchrl_aepo.objectives.expectile import ExpectileLoss
+from torchrl_aepo.objectives.posterior import PosteriorStatistics
 
-__all__ = ["DiffusionLoss"]
+__all__ = [
+    "DiffusionLoss",
+    "ExpectileLoss",
+    "PosteriorStatistics",
+    "EnergyLossBase",
+    "AnalyticEnergyLoss",
+    "frozen_view",
+]
