@@ -22,10 +22,10 @@ integrating exactly gives ``x_t = A x_s + sum_k C_k m^{(k)}(lambda_s)`` with
 * noise prediction: ``A = alpha_t / alpha_s``, ``C_k = -sigma_t e_k(h)``,
 * data prediction: ``A = sigma_t / sigma_s``, ``C_k = -alpha_t (-1)^k e_k(-h)``,
 
-where ``e_k(z) = e^z - sum_{j<=k} z^j / j!`` is the remainder of the exponential series
-(``e_k(z) = z^{k+1} phi_{k+1}(z)`` with the papers' phi functions); e.g. ``C_0 = -sigma_t (e^h - 1)``
-for noise and ``C_0 = alpha_t (1 - e^{-h})`` for data prediction. The solvers differ in how the
-``lambda``-derivatives are estimated (``m_a`` is the model output at time ``a``):
+where ``e_k(z) = e^z - sum_{j<=k} z^j / j! = z^{k+1} phi_{k+1}(z)`` (the papers' phi
+functions); e.g. ``C_0 = -sigma_t (e^h - 1)`` for noise and ``C_0 = alpha_t (1 - e^{-h})`` for
+data prediction. The solvers differ in how the ``lambda``-derivatives are estimated (``m_a``
+is the model output at time ``a``):
 
 * order 1 (DDIM): ``x_t = A x_s + C_0 m_s``.
 * singlestep order 2 (DPM-Solver-2 / DPM-Solver++(2S), ``r1 = 1/2``):
@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -93,7 +94,7 @@ class _Linear(NamedTuple):
     """``sum(coef * register)`` with registers addressed relative to the current position.
 
     Each term is ``(is_eps, index, coef)``: ``states[index]`` (``-1`` is the current state)
-    or ``eps_history[index]`` (``-1`` is the latest ``noise_fn`` output).
+    or ``outputs[index]`` (``-1`` is the latest ``noise_fn`` output).
     """
 
     terms: tuple[tuple[bool, int, float], ...]
@@ -121,6 +122,16 @@ def _exp_remainder(z: float, k: int) -> float:
     if abs(z) < 1.0:  # the tail of the series; 25 terms are exact to float64 precision
         return sum(z**j / math.factorial(j) for j in range(k + 1, k + 26))
     return math.exp(z) - sum(z**j / math.factorial(j) for j in range(k + 1))
+
+
+def _as_int(value: object) -> int | None:
+    """``value`` as an ``int`` if it is an integer (not a bool or a float), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _singlestep_orders(steps: int, order: int) -> list[int]:
@@ -153,6 +164,10 @@ class DPMSolver:
         t_end: last time, defaults to ``schedule.t_min``; ``noise_fn`` is never called there.
         lower_order_final: multistep only: with fewer than 15 steps, use orders
             ``min(order, steps_left)`` at the end, which stabilises few-step sampling.
+
+    Attributes:
+        orders: order of each outer step, e.g. ``(2, 2, 2, 2, 2, 2, 2, 1)`` by default.
+        eval_times: the ``nfe`` times at which :meth:`sample` calls ``noise_fn``, in order.
 
     Examples:
         >>> import torch
@@ -190,10 +205,11 @@ class DPMSolver:
             raise ValueError(f"Unknown method {method!r}; expected one of {_METHODS}.")
         if skip_type not in _SKIP_TYPES:
             raise ValueError(f"Unknown skip_type {skip_type!r}; expected one of {_SKIP_TYPES}.")
-        if isinstance(order, bool) or order not in (1, 2, 3):
+        if _as_int(order) not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}.")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < order:
+        if _as_int(steps) is None or steps < order:
             raise ValueError(f"steps must be an integer >= order ({order}), got {steps!r}.")
+        order, steps = int(order), int(steps)
         self.schedule = VPSchedule() if schedule is None else schedule
         self.algorithm = algorithm
         self.order = order
