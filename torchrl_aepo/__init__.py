@@ -1,6 +1,8 @@
 """torchrl-aepo: Analytic Energy-guided Policy Optimization (AEPO) for offline RL, TorchRL-native."""
 
-from torchrl_aepo.diffusion.schedule import VPSchedule
+from torchrl_aepo.actor import AEPOActor
+from torchrl_aepo.diffusion import DPMSolver, VPSchedule
+from torchrl_aepo.guidance import guided_noise
 from torchrl_aepo.nets import (
     EnergyNetwork,
     GaussianFourierEmbedding,
@@ -13,12 +15,22 @@ from torchrl_aepo.nets import (
     qvalue_module,
     value_module,
 )
-from torchrl_aepo.objectives import DiffusionLoss
+from torchrl_aepo.objectives import (
+    AnalyticEnergyLoss,
+    DiffusionLoss,
+    EnergyLossBase,
+    ExpectileLoss,
+    PosteriorStatistics,
+    frozen_view,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # diffusion backbone
     "VPSchedule",
+    "DPMSolver",
+    # networks
     "GaussianFourierEmbedding",
     "UMLPNoisePredictor",
     "MLPNoisePredictor",
@@ -29,5 +41,14 @@ __all__ = [
     "qvalue_module",
     "value_module",
     "energy_module",
+    # losses
     "DiffusionLoss",
+    "ExpectileLoss",
+    "PosteriorStatistics",
+    "EnergyLossBase",
+    "AnalyticEnergyLoss",
+    "frozen_view",
+    # actor
+    "guided_noise",
+    "AEPOActor",
 ]
