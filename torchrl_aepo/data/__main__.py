@@ -70,7 +70,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
     for name in _expand(args.names):
         start, cpu = time.perf_counter(), time.process_time()
         path = build_local_dataset(
-            name, root=args.root, num_steps=args.steps, seed=args.seed, overwrite=args.overwrite
+            name,
+            root=args.root,
+            num_steps=args.steps,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            ref_episodes=args.ref_episodes,
         )
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         print(f"{name}: {path}\n  built or reused in {wall:.1f} s (CPU {cpu:.1f} s)")
@@ -115,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="transitions per dataset")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--ref-episodes", type=int, help="episodes for the reference scores")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("info", help="load a cached dataset, print metadata and sampling speed")

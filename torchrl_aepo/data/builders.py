@@ -27,7 +27,9 @@ the one it was built with.
 
 Example:
     >>> import tempfile
-    >>> path = build_local_dataset("pendulum-medium", root=tempfile.mkdtemp(), num_steps=400)
+    >>> path = build_local_dataset(
+    ...     "pendulum-medium", root=tempfile.mkdtemp(), num_steps=400, ref_episodes=5
+    ... )
     >>> path.name
     'medium-v0'
 """
@@ -327,7 +329,7 @@ def build_local_dataset(
     Example:
         >>> import tempfile
         >>> root = tempfile.mkdtemp()
-        >>> p = build_local_dataset("pendulum-random", root=root, num_steps=400)
+        >>> p = build_local_dataset("pendulum-random", root=root, num_steps=400, ref_episodes=5)
         >>> p == build_local_dataset("pendulum-random", root=root)  # reused, not rebuilt
         True
     """

@@ -26,9 +26,11 @@ the places looked and how to use a local dataset instead.
 
 Example:
     >>> import tempfile
-    >>> rb, meta = make_offline_data("pendulum-medium", root=tempfile.mkdtemp(), batch_size=4)
-    ... # doctest: +SKIP
-    >>> rb.sample()["next", "reward"].shape  # doctest: +SKIP
+    >>> from torchrl_aepo.data import build_local_dataset
+    >>> root = tempfile.mkdtemp()
+    >>> _ = build_local_dataset("pendulum-medium", root=root, num_steps=400, ref_episodes=5)
+    >>> rb, meta = make_offline_data("pendulum-medium", root=root, batch_size=4)
+    >>> rb.sample()["next", "reward"].shape
     torch.Size([4, 1])
 """
 
@@ -515,10 +517,12 @@ def make_offline_data(
 
     Example:
         >>> import tempfile
-        >>> rb, meta = make_offline_data("pendulum-random", root=tempfile.mkdtemp(),
-        ...                              batch_size=8)  # doctest: +SKIP
-        >>> rb.sample()["observation"].shape, meta.obs_dim  # doctest: +SKIP
-        (torch.Size([8, 3]), 3)
+        >>> from torchrl_aepo.data import build_local_dataset
+        >>> root = tempfile.mkdtemp()
+        >>> _ = build_local_dataset("pendulum-random", root=root, num_steps=400, ref_episodes=5)
+        >>> rb, meta = make_offline_data("pendulum-random", root=root, batch_size=8, seed=0)
+        >>> rb.sample()["observation"].shape, meta.obs_dim, meta.num_episodes
+        (torch.Size([8, 3]), 3, 2)
     """
     spec = get_task(task) if isinstance(task, str) else task
     if spec.backend == "d4rl":
