@@ -5,6 +5,7 @@ Everything runs without network on tiny datasets built into temporary directorie
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import h5py
@@ -23,6 +24,7 @@ from torchrl_aepo.data import (
     UnknownTaskError,
     build_local_dataset,
     get_task,
+    import_eval_requirements,
     list_tasks,
     make_offline_data,
     normalized_score,
@@ -107,6 +109,13 @@ def test_unknown_task_lists_close_names():
     with pytest.raises(KeyError, match="pendulum-medium-replay"):
         get_task("pendulum-medium-replya")
     assert get_task("D4RL/kitchen/mixed-v2").backend == "minari"  # any Minari id
+
+
+def test_eval_requirements_fail_with_an_install_hint():
+    import_eval_requirements("pendulum-medium-replay")  # no extra package
+    spec = dataclasses.replace(get_task("door-human-v1"), requires=("no-such-package-xyz",))
+    with pytest.raises(ImportError, match="pip install no-such-package-xyz"):
+        import_eval_requirements(spec)
 
 
 def test_normalized_score_uses_d4rl_references():

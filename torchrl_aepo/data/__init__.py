@@ -29,6 +29,7 @@ from torchrl_aepo.data.tasks import (
     TaskSpec,
     UnknownTaskError,
     get_task,
+    import_eval_requirements,
     list_tasks,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "build_local_dataset",
     "episode_returns",
     "get_task",
+    "import_eval_requirements",
     "list_tasks",
     "make_offline_data",
     "normalized_score",

@@ -38,6 +38,7 @@ __all__ = [
     "TaskSpec",
     "UnknownTaskError",
     "get_task",
+    "import_eval_requirements",
     "list_tasks",
 ]
 
@@ -48,6 +49,9 @@ RewardTransform = Literal["iql_locomotion", "antmaze", "none"]
 QUALITIES: tuple[str, ...] = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
 _ROBOTICS = ("gymnasium-robotics",)
+# pip name -> import name, for packages whose import registers gymnasium envs.
+_IMPORT_NAMES = {"gymnasium-robotics": "gymnasium_robotics"}
+_EXTRAS = {"gymnasium-robotics": "robotics"}
 
 
 class UnknownTaskError(KeyError):
@@ -120,14 +124,47 @@ _D4RL_REF: dict[str, tuple[float, float]] = {
 
 _LOCOMOTION_ENVS = {"halfcheetah": "HalfCheetah", "hopper": "Hopper", "walker2d": "Walker2d"}
 _MAZE_SIZES = {"umaze": ("UMaze", 300), "medium": ("Medium", 600), "large": ("Large", 800)}
+# D4RL's antmaze evaluation mazes (U_MAZE_TEST, BIG_MAZE_TEST, HARDEST_MAZE_TEST): fixed
+# start "r" and goal "g", in gymnasium-robotics' maze_map notation (same 4.0 cell size).
+_R, _G = "r", "g"
+_ANTMAZE_MAPS = {
+    "umaze": [
+        [1, 1, 1, 1, 1],
+        [1, _R, 0, 0, 1],
+        [1, 1, 1, 0, 1],
+        [1, _G, 0, 0, 1],
+        [1, 1, 1, 1, 1],
+    ],
+    "medium": [
+        [1, 1, 1, 1, 1, 1, 1, 1],
+        [1, _R, 0, 1, 1, 0, 0, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1],
+        [1, 1, 0, 0, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 0, 0, 1, 0, 1],
+        [1, 0, 0, 0, 1, 0, _G, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+    "large": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, _R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+        [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1],
+        [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1, 0, _G, 0, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+}
 _ANTMAZE = {
-    # D4RL name: (gymnasium-robotics maze, horizon)
-    "umaze": ("UMaze", 700),
-    "umaze-diverse": ("UMaze", 700),
-    "medium-play": ("Medium_Diverse_GR", 1000),
-    "medium-diverse": ("Medium_Diverse_GR", 1000),
-    "large-play": ("Large_Diverse_GR", 1000),
-    "large-diverse": ("Large_Diverse_GR", 1000),
+    # D4RL name: (gymnasium-robotics env, maze, horizon)
+    "umaze": ("UMaze", "umaze", 700),
+    "umaze-diverse": ("UMaze", "umaze", 700),
+    "medium-play": ("Medium", "medium", 1000),
+    "medium-diverse": ("Medium", "medium", 1000),
+    "large-play": ("Large", "large", 1000),
+    "large-diverse": ("Large", "large", 1000),
 }
 _ADROIT = {
     "pen": ("Pen", 100),
@@ -181,14 +218,14 @@ def _paper_tasks() -> list[TaskSpec]:
                 )
             )
     lo, hi = _D4RL_REF["antmaze"]
-    for quality, (maze, horizon) in _ANTMAZE.items():
+    for quality, (env, maze, horizon) in _ANTMAZE.items():
         tasks.append(
             TaskSpec(
                 name=f"antmaze-{quality}-v2",
                 backend="d4rl",
                 dataset_id=f"antmaze-{quality}-v2",
-                eval_env_id=f"AntMaze_{maze}-v4",
-                eval_env_kwargs=dict(_MAZE_EVAL_KWARGS),
+                eval_env_id=f"AntMaze_{env}-v4",
+                eval_env_kwargs={"maze_map": _ANTMAZE_MAPS[maze], **_MAZE_EVAL_KWARGS},
                 reward_transform="antmaze",
                 max_episode_steps=horizon,
                 ref_min_score=lo,
@@ -197,8 +234,8 @@ def _paper_tasks() -> list[TaskSpec]:
                 family="antmaze",
                 quality=quality,
                 alternative=f"D4RL/antmaze/{quality}-v1",
-                notes="Goal cells of the D4RL mazes differ from the default gymnasium-robotics "
-                "maps; the Minari port's metadata has the exact eval maze.",
+                notes="Eval maze = D4RL's test maze (fixed start/goal); gymnasium-robotics "
+                "observations are (observation, achieved_goal, desired_goal) dicts.",
             )
         )
     for hand, (gym_name, horizon) in _ADROIT.items():
@@ -210,7 +247,6 @@ def _paper_tasks() -> list[TaskSpec]:
                     backend="d4rl",
                     dataset_id=f"{hand}-{quality}-v1",
                     eval_env_id=f"AdroitHand{gym_name}-v1",
-                    eval_env_kwargs={"max_episode_steps": horizon},
                     reward_transform="none",
                     max_episode_steps=horizon,
                     ref_min_score=lo,
@@ -257,14 +293,14 @@ def _minari_tasks() -> list[TaskSpec]:
                     quality="dense" if dense else "sparse",
                 )
             )
-    for quality, (maze, horizon) in _ANTMAZE.items():
+    for quality, (env, maze, horizon) in _ANTMAZE.items():
         tasks.append(
             TaskSpec(
                 name=f"D4RL/antmaze/{quality}-v1",
                 backend="minari",
                 dataset_id=f"D4RL/antmaze/{quality}-v1",
-                eval_env_id=f"AntMaze_{maze}-v4",
-                eval_env_kwargs=dict(_MAZE_EVAL_KWARGS),
+                eval_env_id=f"AntMaze_{env}-v4",
+                eval_env_kwargs={"maze_map": _ANTMAZE_MAPS[maze], **_MAZE_EVAL_KWARGS},
                 reward_transform="antmaze",
                 max_episode_steps=horizon,
                 requires=_ROBOTICS,
@@ -280,7 +316,6 @@ def _minari_tasks() -> list[TaskSpec]:
                     backend="minari",
                     dataset_id=f"D4RL/{hand}/{quality}-v2",
                     eval_env_id=f"AdroitHand{gym_name}-v1",
-                    eval_env_kwargs={"max_episode_steps": horizon},
                     max_episode_steps=horizon,
                     requires=_ROBOTICS,
                     family="adroit",
@@ -372,3 +407,35 @@ def list_tasks(backend: str | None = None, family: str | None = None) -> list[st
         if (backend is None or spec.backend == backend)
         and (family is None or spec.family == family)
     ]
+
+
+def import_eval_requirements(task: Any) -> None:
+    """Import the extra packages a task's eval env needs, which registers it with gymnasium.
+
+    Call before ``gymnasium.make(spec.eval_env_id)``: gymnasium-robotics envs (maze, antmaze,
+    adroit) exist only after ``import gymnasium_robotics``.
+
+    Args:
+        task: task name, :class:`TaskSpec`, or anything with a ``requires`` attribute (such as
+            ``OfflineMetadata``).
+
+    Raises:
+        ImportError: a required package is missing; the message says what to install.
+
+    Example:
+        >>> import_eval_requirements("pendulum-medium")  # nothing extra needed
+    """
+    import importlib
+
+    requires = get_task(task).requires if isinstance(task, str) else task.requires
+    name = getattr(task, "name", None) or getattr(task, "task", task)
+    for package in requires:
+        try:
+            importlib.import_module(_IMPORT_NAMES.get(package, package.replace("-", "_")))
+        except ImportError as err:
+            extra = _EXTRAS.get(package)
+            hint = f"pip install 'torchrl-aepo[{extra}]' or " if extra else ""
+            raise ImportError(
+                f"the eval env of task {name!r} needs the package {package!r}: "
+                f"{hint}pip install {package}"
+            ) from err
