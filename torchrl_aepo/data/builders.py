@@ -150,7 +150,7 @@ LOCAL_FAMILIES: dict[str, LocalFamily] = {
         },
         replay_start=BehaviourNoise(sigma=0.35),
         default_steps=50_000,
-        random_steps=10_000,
+        random_steps=5_000,
         ref_episodes=10,
         description="InvertedDoublePendulum-v5 (MuJoCo), LQR expert; falls terminate.",
     ),

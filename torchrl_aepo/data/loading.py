@@ -186,7 +186,8 @@ def _memmap_like_writes_data() -> Iterator[None]:
 
     torchrl 0.14.1 fills an in-memory TensorDict with the whole dataset and then calls
     ``memmap_like`` on it, which allocates an empty (zero) memmap. Copying instead is correct
-    both for that order and for the older fill-after-``memmap_like`` order.
+    both for that order and for the older fill-after-``memmap_like`` order. The patch is
+    process-wide while the block runs (not thread-safe).
     """
     had_own = "memmap_like" in TensorDict.__dict__
     original = TensorDict.__dict__.get("memmap_like")
@@ -235,6 +236,7 @@ class PatchedMinariExperienceReplay(MinariExperienceReplay):
 
 @contextlib.contextmanager
 def _quiet_torchrl() -> Iterator[None]:
+    """Silence TorchRL's INFO logging (it prints the whole TensorDict structure) in the block."""
     log = logging.getLogger("torchrl")
     level = log.level
     log.setLevel(logging.WARNING)

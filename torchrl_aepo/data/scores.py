@@ -29,7 +29,7 @@ def reference_range(task_or_metadata: Any) -> tuple[float, float]:
         ValueError: when the reference scores are unknown (e.g. a Minari task before its
             dataset is loaded: pass the ``OfflineMetadata`` from ``make_offline_data``).
     """
-    from torchrl_aepo.data.tasks import get_task
+    from torchrl_aepo.data.tasks import TaskSpec, get_task
 
     source = task_or_metadata
     if isinstance(source, str):
@@ -39,7 +39,11 @@ def reference_range(task_or_metadata: Any) -> tuple[float, float]:
     else:
         lo, hi = source.ref_min_score, source.ref_max_score
         name = getattr(source, "name", None) or getattr(source, "task", "?")
-        if (lo is None or hi is None) and getattr(source, "backend", None) == "local":
+        if (
+            (lo is None or hi is None)
+            and isinstance(source, TaskSpec)
+            and source.backend == "local"
+        ):
             from torchrl_aepo.data.builders import reference_scores
 
             lo, hi = reference_scores(source.family)
