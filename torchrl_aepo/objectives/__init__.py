@@ -2,6 +2,12 @@
 
 from torchrl_aepo.objectives.diffusion import DiffusionLoss
 from torchrl_aepo.objectives.energy import AnalyticEnergyLoss, EnergyLossBase, frozen_view
+from torchrl_aepo.objectives.energy_baselines import (
+    CEPEnergyLoss,
+    DPSEnergyLoss,
+    MSEEnergyLoss,
+    sample_support_actions,
+)
 from torchrl_aepo.objectives.expectile import ExpectileLoss
 from torchrl_aepo.objectives.posterior import PosteriorStatistics
 
@@ -12,4 +18,8 @@ __all__ = [
     "EnergyLossBase",
     "AnalyticEnergyLoss",
     "frozen_view",
+    "MSEEnergyLoss",
+    "DPSEnergyLoss",
+    "CEPEnergyLoss",
+    "sample_support_actions",
 ]
