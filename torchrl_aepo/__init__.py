@@ -1,6 +1,17 @@
 """torchrl-aepo: Analytic Energy-guided Policy Optimization (AEPO) for offline RL, TorchRL-native."""
 
 from torchrl_aepo.actor import AEPOActor
+from torchrl_aepo.data import (
+    TASKS,
+    DatasetUnavailableError,
+    OfflineMetadata,
+    TaskSpec,
+    build_local_dataset,
+    get_task,
+    list_tasks,
+    make_offline_data,
+    normalized_score,
+)
 from torchrl_aepo.diffusion import DPMSolver, VPSchedule
 from torchrl_aepo.guidance import guided_noise
 from torchrl_aepo.nets import (
@@ -51,4 +62,14 @@ __all__ = [
     # actor
     "guided_noise",
     "AEPOActor",
+    # data
+    "TASKS",
+    "TaskSpec",
+    "get_task",
+    "list_tasks",
+    "make_offline_data",
+    "OfflineMetadata",
+    "DatasetUnavailableError",
+    "build_local_dataset",
+    "normalized_score",
 ]
