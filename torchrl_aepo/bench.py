@@ -65,7 +65,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BenchConfig", "run", "main", "QGPO_REFERENCE", "TARGETS"]
+__all__ = ["BenchConfig", "run", "main", "to_markdown", "QGPO_REFERENCE", "TARGETS"]
 
 SCHEMA_VERSION = 1
 
@@ -384,6 +384,7 @@ class Runner:
         self.peak = peak.get("gflops")
         self.peak_cpu = peak.get("gflop_per_cpu_s")
         self.peak_min = peak.get("gflops_fastest_call")
+        self.probes: list[dict[str, Any]] = []
         self.skipped: list[dict[str, Any]] = []
         self.rss_reset_works = _reset_peak_rss()
 
@@ -399,6 +400,18 @@ class Runner:
         repeats = cfg.repeats if repeats is None else repeats
         min_time = cfg.min_time if min_time is None else min_time
         warmup = cfg.warmup if warmup is None else warmup
+        # A matmul probe timed in the same interleaved rounds: the rows' fractions of peak use
+        # it, so that machine load affects the numerator and the denominator alike.
+        size = cfg.peak_size
+        probe = Case(
+            "peak",
+            "matmul probe",
+            "torch.mm",
+            {"size": size},
+            lambda: _build_probe(size),
+            "matmuls",
+        )
+        cases = [probe, *cases]
         rows: list[dict[str, Any] | None] = [None] * len(cases)
         live = []
         for i, case in enumerate(cases):
@@ -458,44 +471,63 @@ class Runner:
                 entry["cpu_samples"].append(cpu / n)
                 entry["fastest"] = min(entry.get("fastest", math.inf), fastest)
                 entry["calls"] += n
+        peaks = (self.peak, self.peak_cpu, self.peak_min)
+        if live and live[0]["i"] == 0 and live[0]["samples"] and not live[0].get("error"):
+            p = live[0]
+            peaks = (
+                p["flops"] / min(p["samples"]) / 1e9,
+                p["flops"] / max(min(p["cpu_samples"]), 1e-9) / 1e9,
+                p["flops"] / p["fastest"] / 1e9,
+            )
+            # a probe slower than the run's peak section means load during this group
+            self.probes.append(
+                {"sections": sorted({c.section for c in cases[1:]}), "size": size}
+                | dict(
+                    zip(("gflops", "gflop_per_cpu_s", "gflops_fastest_call"), peaks, strict=True)
+                )
+            )
         for entry in live:
             case = entry["case"]
+            if entry["i"] == 0:
+                continue
             if entry.get("error") is not None or not entry["samples"]:
                 rows[entry["i"]] = self._skip(case, entry.get("error") or RuntimeError("no sample"))
                 continue
             best = min(entry["samples"])
             median = statistics.median(entry["samples"])
             cpu = min(entry["cpu_samples"])
-            gflops = entry["flops"] / best / 1e9 if entry["flops"] else None
+            flops = entry["flops"]
+            rates = (
+                flops / best / 1e9,
+                flops / cpu / 1e9 if cpu > 0 else None,
+                flops / entry["fastest"] / 1e9,
+            )
+            frac = [
+                (r / pk) if (flops and r and pk) else None
+                for r, pk in zip(rates, peaks, strict=True)
+            ]
             rows[entry["i"]] = _row(
                 case,
                 "ok",
                 ms=best * 1e3,
                 ms_median=median * 1e3,
                 per_s=entry["items"] / best,
-                gflop_per_call=entry["flops"] / 1e9 if entry["flops"] else None,
-                gflops=gflops,
-                frac_peak=(gflops / self.peak) if (gflops and self.peak) else None,
+                gflop_per_call=flops / 1e9 if flops else None,
+                gflops=rates[0] if flops else None,
+                frac_peak=frac[0],
                 ms_min=entry["fastest"] * 1e3,
-                frac_peak_min=(
-                    entry["flops"] / entry["fastest"] / 1e9 / self.peak_min
-                    if (entry["flops"] and self.peak_min)
-                    else None
-                ),
+                frac_peak_min=frac[2],
                 cpu_ms=cpu * 1e3,
                 cpu_per_s=entry["items"] / cpu if cpu > 0 else None,
-                frac_peak_cpu=(
-                    entry["flops"] / cpu / 1e9 / self.peak_cpu
-                    if (entry["flops"] and cpu > 0 and self.peak_cpu)
-                    else None
-                ),
+                frac_peak_cpu=frac[1],
+                peak_probe_gflops=peaks[0],
                 rss_peak_mb=entry["peak"],
                 rss_delta_mb=entry["delta"],
                 calls=entry["calls"],
             )
         live.clear()
         gc.collect()
-        return [r for r in rows if r is not None]
+        return [r for r in rows[1:] if r is not None]
 
     def _skip(self, case: Case, exc: BaseException) -> dict[str, Any]:
         reason = _short_error(exc)
@@ -511,6 +543,12 @@ class Runner:
 
 
 # ============================================================================ matmul peak
+def _build_probe(size: int) -> Built:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    return (lambda: torch.mm(a, b, out=out)), 2.0 * size**3, 1
+
+
 def measure_peak(cfg: BenchConfig) -> dict[str, Any]:
     """fp32 GFLOP/s of a large square matmul, plus a few MLP-shaped matmuls for context."""
 
@@ -1325,6 +1363,11 @@ def _ratio_entry(
     met = None
     if value is not None and target is not None:
         met = value >= target if direction == ">=" else value <= target
+    if "fraction of matmul peak" in name and value is not None and value > 1.05:
+        met = None  # above the peak measured alongside: the load changed mid-group
+        note = (
+            note + "; " if note else ""
+        ) + "invalid (> 1): machine load changed during the group"
     return {
         "name": name,
         "value": value,
@@ -1572,6 +1615,66 @@ def _print_ratios(ratios: Sequence[dict[str, Any]], file=sys.stdout) -> None:
         print(f"{r['name']:<88} {_fmt(r['value'], '8.3f')}{target}{met}{cpu}", file=file)
 
 
+def _md_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
+    out = [
+        "| name | impl | config | ms (best round) | ms (fastest call) | CPU ms | per s "
+        "| GFLOP/s | % peak | % peak (CPU time) | dRSS MB |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        if r["status"] != "ok":
+            out.append(
+                f"| {r['name']} | {r['impl']} | {_config_str(r)} | skipped: {r.get('reason', '')} "
+                "| | | | | | | |"
+            )
+            continue
+        out.append(
+            f"| {r['name']} | {r['impl']} | {_config_str(r)} | {_fmt(r['ms'], '.2f')} "
+            f"| {_fmt(r.get('ms_min'), '.2f')} | {_fmt(r.get('cpu_ms'), '.2f')} "
+            f"| {_fmt(r['per_s'], '.1f')} | {_fmt(r.get('gflops'), '.1f')} "
+            f"| {_pct(r.get('frac_peak'), 1).strip()} | {_pct(r.get('frac_peak_cpu'), 1).strip()} "
+            f"| {_fmt(r.get('rss_delta_mb'), '.1f')} |"
+        )
+    return out
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    """The tables of a results dict as Markdown (for ``docs/performance.md``)."""
+    meta, peak = results["meta"], results["peak"] or {}
+    lines = [
+        f"Run: {meta.get('timestamp')}, commit {meta.get('git_commit')}, {meta.get('cpu')} "
+        f"({meta.get('cpu_count')} CPUs), {meta.get('threads')} threads, torch {meta.get('torch')}, "
+        f"torchrl {meta.get('torchrl')}, tensordict {meta.get('tensordict')}; load average "
+        f"{meta.get('loadavg_start')} at start, {meta.get('loadavg_end')} at end; "
+        f"wall {_fmt(meta.get('wall_seconds'), '.0f')} s.",
+        "",
+        f"fp32 matmul peak ({peak.get('size')}^3): {_fmt(peak.get('gflops'), '.1f')} GFLOP/s "
+        f"(best round), {_fmt(peak.get('gflop_per_cpu_s'), '.1f')} GFLOP per CPU-second, "
+        f"{_fmt(peak.get('gflops_fastest_call'), '.1f')} GFLOP/s (fastest single call).",
+        "",
+    ]
+    sections = [("Training", results["training"]), ("Sampling", results["sampling"])]
+    sections += [("Evaluation", results["eval"])]
+    sections += [(f"Scaling: {k}", v) for k, v in results["scaling"].items()]
+    for title, rows in sections:
+        if rows:
+            lines += [f"#### {title}", "", *_md_rows(rows), ""]
+    lines += [
+        "#### Ratios and targets",
+        "",
+        "| ratio | best round | CPU time | fastest call | target | met |",
+        "|---|--:|--:|--:|--:|---|",
+    ]
+    for r in results["ratios"]:
+        target = "" if r["target"] is None else f"{r['direction']} {r['target']:g}"
+        met = "" if r["met"] is None else ("yes" if r["met"] else "no")
+        lines.append(
+            f"| {r['name']} | {_fmt(r['value'], '.3f')} | {_fmt(r.get('value_cpu'), '.3f')} "
+            f"| {_fmt(r.get('value_fastest_call'), '.3f')} | {target} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -1748,6 +1851,7 @@ def run(
     results["ratios"] = _compute_ratios(results, cfg)
     _print_ratios(results["ratios"], stream)
     results["skipped"] = runner.skipped
+    results["peak"]["probes"] = runner.probes
     results["meta"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results["meta"]["wall_seconds"] = time.perf_counter() - start
     print(
@@ -1774,6 +1878,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick", action="store_true", help="CI smoke run (< ~30 s, no meaningful timings)"
     )
     parser.add_argument("--out", default=None, help="write the results as JSON to this file")
+    parser.add_argument(
+        "--markdown", default=None, help="also write the tables as Markdown to this file"
+    )
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        help="do not run: render the tables of an earlier --out file (with --markdown)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     parser.add_argument(
         "--env", default=None, help="gymnasium env id for dims and eval (default Hopper-v5)"
@@ -1807,7 +1919,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.min_time is not None:
         overrides["min_time"] = args.min_time
     cfg = BenchConfig.quick_config(**overrides) if args.quick else BenchConfig(**overrides)
-    run(cfg, out=args.out)
+    if args.from_json is not None:
+        results = json.loads(Path(args.from_json).read_text())
+    else:
+        results = run(cfg, out=args.out)
+    if args.markdown is not None:
+        Path(args.markdown).write_text(to_markdown(results))
+    elif args.from_json is not None:
+        print(to_markdown(results))
     return 0
 
 
