@@ -89,3 +89,33 @@ def test_tensordict_wrappers_read_and_write_documented_keys():
     assert td["energy"].shape == (6, 1)
     assert td["state_action_value"].shape == (6, 2)
     assert td["state_value"].shape == (6, 1)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])  # 300 x 3 times: the per-evaluation branch
+@pytest.mark.parametrize("activation", [torch.nn.SiLU, torch.nn.Tanh])
+def test_sampling_context_matches_forward_and_autograd(rows, activation):
+    """forward_context equals forward; the hand-written energy gradient equals autograd."""
+    torch.manual_seed(0)
+    times = [0.9, 0.37, 0.02]
+    obs = torch.randn(rows, 11, dtype=torch.float64)
+    noise = UMLPNoisePredictor(3, 11, activation=activation).double()
+    energy = EnergyNetwork(3, 11, num_cells=(64, 32, 16), activation=activation).double()
+    with torch.no_grad():
+        noise_ctx = noise.sampling_context(obs, times)
+        energy_ctx = energy.sampling_context(obs, times)
+        for i, t in enumerate(times):
+            x = torch.randn(rows, 3, dtype=torch.float64)
+            time = torch.full((rows, 1), t, dtype=torch.float64)
+            torch.testing.assert_close(
+                noise.forward_context(x.clone(), i, noise_ctx), noise(x, time, obs)
+            )
+            torch.testing.assert_close(
+                energy.forward_context(x, i, energy_ctx), energy(x, time, obs)
+            )
+            with torch.enable_grad():
+                x_in = x.clone().requires_grad_(True)
+                (expected,) = torch.autograd.grad(energy(x_in, time, obs).sum(), x_in)
+            got = energy.action_gradient_context(x, i, energy_ctx)
+            assert (got - expected).abs().max().item() < 1e-6 * max(
+                1.0, expected.abs().max().item()
+            )

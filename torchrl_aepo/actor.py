@@ -16,6 +16,7 @@ the guided, optionally rescaled, noise of :func:`~torchrl_aepo.guidance.guided_n
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -152,19 +153,33 @@ class _GuidedSampler(nn.Module):
         return self._select(obs, action.view(num_obs, k, self.action_dim), generator)
 
     def _noise_fn(self, obs: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-        """The solver's ``eps(x [N, d], t [N, 1])`` for the observations ``obs [N, s]``."""
-        noise_network = self.noise_network
+        """The solver's ``eps(x [N, d], t [N, 1])`` for the observations ``obs [N, s]``.
+
+        Networks that offer ``sampling_context(obs, times)`` (and ``forward_context`` /
+        ``action_gradient_context``, like :class:`~torchrl_aepo.UMLPNoisePredictor` and
+        :class:`~torchrl_aepo.EnergyNetwork`) precompute their observation- and time-only work
+        once per call and are then evaluated by the index of the solver evaluation (the solver
+        calls ``noise_fn`` at ``solver.eval_times``, in order); other networks are called with
+        ``(x, t, obs)``. ``sigma_t`` is precomputed per evaluation time.
+        """
+        times = self.solver.eval_times
+        nfe = len(times)
+        calls = itertools.count()
+        noise = _network_eval(self.noise_network, obs, times, "forward_context")
         if not self.guided:
-            return lambda x, t: noise_network(x, t, obs)
-        energy_network = self.energy_network
-        sigma = self.solver.schedule.sigma
+            return lambda x, t: noise(x, t, next(calls) % nfe)
+        energy_grad = _energy_gradient_eval(self.energy_network, obs, times)
+        schedule = self.solver.schedule
+        sigmas = [
+            schedule.sigma(torch.tensor(t, dtype=torch.float64)).to(obs.dtype).to(obs.device)
+            for t in times
+        ]
         w, rescale = self.guidance_scale, self.rescale
 
         def guided_eps(x: Tensor, t: Tensor) -> Tensor:
-            with torch.enable_grad():  # one autograd call for the whole batch
-                x_in = x.detach().requires_grad_(True)
-                (grad_f,) = torch.autograd.grad(energy_network(x_in, t, obs).sum(), x_in)
-            return guided_noise(noise_network(x, t, obs), grad_f, sigma(t), w, rescale)
+            i = next(calls) % nfe
+            grad_f = energy_grad(x, t, i)
+            return guided_noise(noise(x, t, i), grad_f, sigmas[i], w, rescale)
 
         return guided_eps
 
@@ -469,6 +484,33 @@ class AEPOActor(SafeModule):
             schedule = kwargs.pop("schedule", schedule)
             kwargs["solver"] = DPMSolver(schedule, **solver_args)
         return cls(**kwargs)
+
+
+def _network_eval(
+    network: nn.Module, obs: Tensor, times: Sequence[float], method: str
+) -> Callable[[Tensor, Tensor, int], Tensor]:
+    """``(x, t, index) -> network output``, through a sampling context when the network has one."""
+    if hasattr(network, "sampling_context") and hasattr(network, method):
+        context = network.sampling_context(obs, times)
+        evaluate = getattr(network, method)
+        return lambda x, t, i: evaluate(x, i, context)
+    return lambda x, t, i: network(x, t, obs)
+
+
+def _energy_gradient_eval(
+    network: nn.Module, obs: Tensor, times: Sequence[float]
+) -> Callable[[Tensor, Tensor, int], Tensor]:
+    """``(x, t, index) -> grad_x f(x, t, obs)``; one autograd call for networks without a context."""
+    if hasattr(network, "sampling_context") and hasattr(network, "action_gradient_context"):
+        return _network_eval(network, obs, times, "action_gradient_context")
+
+    def gradient(x: Tensor, t: Tensor, i: int) -> Tensor:
+        with torch.enable_grad():  # one autograd call for the whole batch
+            x_in = x.detach().requires_grad_(True)
+            (grad_f,) = torch.autograd.grad(network(x_in, t, obs).sum(), x_in)
+        return grad_f
+
+    return gradient
 
 
 def _optional_dim(network: nn.Module, name: str) -> int | None:

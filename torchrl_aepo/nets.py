@@ -52,6 +52,21 @@ def _check_last_dim(name: str, x: Tensor, expected: int) -> None:
         )
 
 
+def _act_(activation: nn.Module, x: Tensor) -> Tensor:
+    """``activation(x)``, in place for the activations that support it (no-autograd paths only)."""
+    kind = type(activation)
+    if kind is nn.SiLU:
+        return torch.nn.functional.silu(x, inplace=True)
+    if kind is nn.ReLU:
+        return x.relu_()
+    return activation(x)
+
+
+# Sampling contexts with at most this many rows (observations x solver times) are expanded
+# for every solver time at once; larger ones are finished per evaluation (memory).
+_EXPAND_ALL_TIMES_MAX_ROWS = 2048
+
+
 class GaussianFourierEmbedding(nn.Module):
     """Fixed random Fourier features of the diffusion time.
 
@@ -122,6 +137,16 @@ class _ResidualBlock(nn.Module):
         h = self.act(h) + cond
         return self.act(self.dense2(h)) + skip
 
+    def forward_inplace(self, x: Tensor, cond: Tensor) -> Tensor:
+        """:meth:`forward` with in-place activations and adds; only without autograd."""
+        h = self.dense1(x)
+        if self.project_skip:
+            h, skip = h.split(self.out_features, dim=-1)
+        else:
+            skip = x
+        h = _act_(self.act, h).add_(cond)
+        return _act_(self.act, self.dense2(h)).add_(skip)
+
 
 class UMLPNoisePredictor(nn.Module):
     """QGPO's residual U-shaped MLP noise predictor ``eps_theta(a_t, s, t)`` (outputs ``+eps``).
@@ -190,6 +215,50 @@ class UMLPNoisePredictor(nn.Module):
         u3 = b[3](d3, cond[3])
         u2 = b[4](torch.cat([d3, u3], dim=-1), cond[4])
         u1 = b[5](torch.cat([d2, u2], dim=-1), cond[5])
+        return self.output(torch.cat([d1, u1], dim=-1))
+
+    # ------------------------------------------------------------------ sampling fast path
+    def sampling_context(self, observation: Tensor, times: Sequence[float]) -> dict:
+        """Precompute everything that depends only on ``observation [N, s]`` and the solver times.
+
+        The conditioning ``c(t, s)`` and its projection for the six blocks do not depend on the
+        action: they are computed here once per sampling call (for every time of
+        ``times`` at once when ``N * len(times)`` is small, else their observation and time
+        parts separately), so that :meth:`forward_context` runs the residual blocks only.
+        Call it without autograd (``no_grad``/``inference_mode``).
+        """
+        _check_last_dim("observation", observation, self.obs_dim)
+        cond = self.conditioning
+        first, act, second = cond.mlp
+        embed = first.in_features // 2
+        w_time, w_obs = first.weight[:, :embed], first.weight[:, embed:]
+        t = torch.as_tensor(times, dtype=observation.dtype, device=observation.device)
+        time_part = cond.time_embed(t.unsqueeze(-1)) @ w_time.T  # [T, C]
+        obs_part = torch.addmm(first.bias, cond.obs_embed(observation), w_obs.T)  # [N, C]
+        if observation.shape[0] * len(times) <= _EXPAND_ALL_TIMES_MAX_ROWS:
+            h = _act_(act, obs_part.unsqueeze(0) + time_part.unsqueeze(1))  # [T, N, C]
+            proj = self.cond_proj(second(h))  # [T, N, sum]
+            return {"cond": [p.split(self._cond_sizes, -1) for p in proj.unbind(0)]}
+        return {"obs_part": obs_part, "time_part": time_part}
+
+    def forward_context(self, noisy_action: Tensor, index: int, context: dict) -> Tensor:
+        """``eps(noisy_action [N, d], times[index], observation)`` with a :meth:`sampling_context`.
+
+        Equal to :meth:`forward` up to float round-off; no autograd (in-place activations).
+        """
+        if "cond" in context:
+            cond = context["cond"][index]
+        else:
+            _, act, second = self.conditioning.mlp
+            h = _act_(act, context["obs_part"] + context["time_part"][index])
+            cond = self.cond_proj(second(h)).split(self._cond_sizes, -1)
+        b = self.blocks
+        d1 = b[0].forward_inplace(noisy_action, cond[0])
+        d2 = b[1].forward_inplace(d1, cond[1])
+        d3 = b[2].forward_inplace(d2, cond[2])
+        u3 = b[3].forward_inplace(d3, cond[3])
+        u2 = b[4].forward_inplace(torch.cat([d3, u3], dim=-1), cond[4])
+        u1 = b[5].forward_inplace(torch.cat([d2, u2], dim=-1), cond[5])
         return self.output(torch.cat([d1, u1], dim=-1))
 
 
@@ -279,6 +348,88 @@ class EnergyNetwork(nn.Module):
         _check_last_dim("noisy_action", noisy_action, self.action_dim)
         _check_last_dim("observation", observation, self.obs_dim)
         return self.mlp(torch.cat([noisy_action, self.time_embed(time), observation], dim=-1))
+
+    # ------------------------------------------------------------------ sampling fast path
+    def _layers(self) -> tuple[list[nn.Linear], list[nn.Module]] | None:
+        """The MLP as alternating ``Linear``/activation lists, or ``None`` for other layouts."""
+        linears, acts = [], []
+        for i, layer in enumerate(self.mlp):
+            if isinstance(layer, nn.Linear) == (i % 2 == 0):
+                (linears if i % 2 == 0 else acts).append(layer)
+            else:
+                return None
+        if len(linears) != len(acts) + 1 or not acts:
+            return None
+        return linears, acts
+
+    def sampling_context(self, observation: Tensor, times: Sequence[float]) -> dict:
+        """Precompute the first layer's time and observation terms for ``observation [N, s]``.
+
+        The first layer acts on ``[a_t, emb(t), s]``; its ``emb(t)`` and ``s`` columns (plus the
+        bias) are evaluated here once per sampling call, so that :meth:`forward_context` and
+        :meth:`action_gradient_context` only multiply the action columns. Call it without
+        autograd.
+        """
+        _check_last_dim("observation", observation, self.obs_dim)
+        first = self.mlp[0]
+        d, e = self.action_dim, self.time_embed[1].out_features
+        t = torch.as_tensor(times, dtype=observation.dtype, device=observation.device)
+        time_part = self.time_embed(t.unsqueeze(-1)) @ first.weight[:, d : d + e].T  # [T, H]
+        obs_part = torch.addmm(first.bias, observation, first.weight[:, d + e :].T)  # [N, H]
+        context: dict = {"w_action": first.weight[:, :d]}
+        if observation.shape[0] * len(times) <= _EXPAND_ALL_TIMES_MAX_ROWS:
+            context["bias"] = (obs_part.unsqueeze(0) + time_part.unsqueeze(1)).unbind(0)
+        else:
+            context["obs_part"], context["time_part"] = obs_part, time_part
+        return context
+
+    def _first_layer(self, noisy_action: Tensor, index: int, context: dict) -> Tensor:
+        if "bias" in context:
+            bias = context["bias"][index]
+        else:
+            bias = context["obs_part"] + context["time_part"][index]
+        return torch.addmm(bias, noisy_action, context["w_action"].T)
+
+    def forward_context(self, noisy_action: Tensor, index: int, context: dict) -> Tensor:
+        """``f(noisy_action [N, d], times[index], observation) -> [N, 1]`` with a context.
+
+        Equal to :meth:`forward` up to float round-off; differentiable in ``noisy_action``.
+        """
+        h = self._first_layer(noisy_action, index, context)
+        for layer in list(self.mlp)[1:]:
+            h = layer(h)
+        return h
+
+    def action_gradient_context(self, noisy_action: Tensor, index: int, context: dict) -> Tensor:
+        """``grad_{a_t} f(s, a_t, t)`` ``[N, d]`` at ``times[index]`` with a context, no autograd.
+
+        For the default layout (``Linear`` layers with :class:`torch.nn.SiLU` between them) the
+        gradient is back-propagated by hand (``silu'(z) = s + silu(z) (1 - s)``,
+        ``s = sigmoid(z)``, the output value itself is never formed); any other activation or
+        layout uses ``torch.autograd.grad`` of :meth:`forward_context`.
+        """
+        layers = self._layers()
+        if layers is None or any(type(act) is not nn.SiLU for act in layers[1]):
+            with torch.enable_grad():
+                x = noisy_action.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self.forward_context(x, index, context).sum(), x)
+            return grad
+        linears = layers[0]
+        derivatives = []
+        z = self._first_layer(noisy_action, index, context)
+        for k, linear in enumerate(linears[1:]):
+            sig = torch.sigmoid(z)
+            h = z.mul_(sig)  # silu(z), in place: z is not needed again
+            derivatives.append(torch.addcmul(sig, h, 1.0 - sig))  # silu'(z)
+            if k < len(linears) - 2:
+                z = linear(h)
+        out = linears[-1]  # f = W_out h + b, out_features 1: df/dh = W_out
+        grad = derivatives[-1] * out.weight
+        for linear, derivative in zip(
+            reversed(linears[1:-1]), reversed(derivatives[:-1]), strict=True
+        ):
+            grad = (grad @ linear.weight).mul_(derivative)
+        return grad @ context["w_action"]
 
 
 class TwinQNetwork(nn.Module):
