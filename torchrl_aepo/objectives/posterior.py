@@ -205,7 +205,7 @@ class PosteriorStatistics(nn.Module):
         schedule: VPSchedule | None = None,
         num_times: int = 1000,
         samples_per_time: int = 4096,
-        batch_size: int = 32768,
+        batch_size: int = 8192,
         estimator: str = "control_variate",
         v_max: float | None = None,
         generator: torch.Generator | None = None,
@@ -229,7 +229,9 @@ class PosteriorStatistics(nn.Module):
             schedule: the VP schedule. Defaults to ``VPSchedule()``.
             num_times: grid size ``K >= 2``. Defaults to 1000.
             samples_per_time: Monte-Carlo samples per grid time. Defaults to 4096.
-            batch_size: rows per network call. Defaults to 32768.
+            batch_size: rows per network call. Defaults to 8192 (as fast as larger chunks on
+                CPU, ~350 MB less peak memory than 32768 with the paper network; note that the
+                chunking sets the order of the random draws).
             estimator: initial :attr:`estimator`. Defaults to ``"control_variate"``.
             v_max: variance clamp; defaults to the mean per-dimension variance of ``actions``.
             generator: random generator on the device of ``actions``.
