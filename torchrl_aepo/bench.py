@@ -1094,6 +1094,32 @@ def _training_cases(cfg: BenchConfig, batch: int) -> list[Case]:
     def c(name, impl, build, note=""):
         return Case("training", name, impl, dict(b), build, note=note)
 
+    # The same updates with Adam(fused=True), side by side with the --optim flavour.
+    fused = dataclasses.replace(cfg, optim="fused")
+    fused_cases = (
+        []
+        if cfg.optim == "fused"
+        else [
+            c(
+                "DiffusionLoss",
+                "ours, Adam(fused=True)",
+                lambda: _build_ours_diffusion(fused, batch),
+                "as 'ours' with torch.optim.Adam(..., fused=True)",
+            ),
+            c(
+                "ExpectileLoss",
+                "ours, Adam(fused=True)",
+                lambda: _build_ours_expectile(fused, batch),
+                "as 'ours' with torch.optim.Adam(..., fused=True)",
+            ),
+            c(
+                "AEPO update",
+                "ours, Adam(fused=True)",
+                lambda: _build_ours_full(fused, batch),
+                "as 'ours' with torch.optim.Adam(..., fused=True)",
+            ),
+        ]
+    )
     return [
         c("DiffusionLoss", "ours", lambda: _build_ours_diffusion(cfg, batch)),
         c(
@@ -1143,7 +1169,7 @@ def _training_cases(cfg: BenchConfig, batch: int) -> list[Case]:
             lambda: _build_reference(cfg, batch, "full", "research"),
             "QGPO-shaped networks, 4x256 energy",
         ),
-    ]
+    ] + fused_cases
 
 
 def _sampling_cases(cfg: BenchConfig, batch: int) -> list[Case]:
@@ -1423,6 +1449,20 @@ def _compute_ratios(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str,
                 note="IQL also trains its actor; informational",
             )
         )
+        for name in ("DiffusionLoss", "ExpectileLoss", "AEPO update"):
+            ours = _find(train, name=name, impl="ours", **b)
+            fused = _find(train, name=name, impl="ours, Adam(fused=True)", **b)
+            if fused is not None:
+                out.append(
+                    _ratio_entry(
+                        f"{name} with Adam(fused=True) vs --optim {cfg.optim}, batch {batch} "
+                        "(speed-up)",
+                        speed(fused, ours),
+                        numerator=f"{name} ours, Adam(fused=True)",
+                        denominator=f"{name} ours, Adam {cfg.optim}",
+                        note="recommendation for the trainer's optimiser",
+                    )
+                )
         for name, peer in (
             ("DiffusionLoss", "torchrl DiffusionBCLoss"),
             ("DiffusionLoss", "reference"),
