@@ -431,3 +431,27 @@ def test_from_checkpoint_rejects_other_files(tmp_path):
     torch.save({"noise": 1}, path)
     with pytest.raises(ValueError, match="not an AEPOActor checkpoint"):
         AEPOActor.from_checkpoint(path)
+
+
+def test_num_threads_is_used_while_sampling_and_restored(monkeypatch):
+    from torchrl_aepo import EnergyNetwork, UMLPNoisePredictor
+
+    seen = []
+    actor = AEPOActor(
+        UMLPNoisePredictor(3, 5, widths=(16, 8, 8)),
+        EnergyNetwork(3, 5, num_cells=(8,)),
+        num_threads=1,
+        solver=DPMSolver(steps=2),
+    )
+    before = torch.get_num_threads()
+    original = actor.module._sample_flat
+    monkeypatch.setattr(
+        actor.module,
+        "_sample_flat",
+        lambda *a: seen.append(torch.get_num_threads()) or original(*a),
+    )
+    actor.sample(torch.randn(2, 5))
+    assert seen == [1] and torch.get_num_threads() == before
+    assert actor.config()["num_threads"] == 1
+    with pytest.raises(ValueError, match="num_threads"):
+        AEPOActor(UMLPNoisePredictor(3, 5), num_threads=0)

@@ -77,6 +77,7 @@ class _GuidedSampler(nn.Module):
         selection_temperature: float,
         clip_actions: bool,
         deterministic_seed: int,
+        num_threads: int | None = None,
     ) -> None:
         super().__init__()
         self.noise_network = noise_network
@@ -93,6 +94,7 @@ class _GuidedSampler(nn.Module):
         self.selection_temperature = selection_temperature
         self.clip_actions = clip_actions and isinstance(action_spec, Bounded)
         self.deterministic_seed = deterministic_seed
+        self.num_threads = num_threads
         low = action_spec.space.low if isinstance(action_spec, Bounded) else torch.zeros(0)
         high = action_spec.space.high if isinstance(action_spec, Bounded) else torch.zeros(0)
         self.register_buffer("action_low", low.clone(), persistent=False)
@@ -118,11 +120,18 @@ class _GuidedSampler(nn.Module):
             generator.manual_seed(self.deterministic_seed)
         batch_shape = observation.shape[:-1]
         obs = observation.reshape(-1, observation.shape[-1]).to(self.sample_dtype)
-        # Inference mode would silently disable the energy gradient: leave it for the sampler.
-        with torch.inference_mode(False), torch.no_grad():
-            if obs.is_inference():
-                obs = obs.clone()
-            action = self._sample_flat(obs, generator)
+        previous_threads = torch.get_num_threads()
+        if self.num_threads is not None and self.num_threads != previous_threads:
+            torch.set_num_threads(self.num_threads)  # process-global: restored below
+        try:
+            # Inference mode would silently disable the energy gradient: leave it for the sampler.
+            with torch.inference_mode(False), torch.no_grad():
+                if obs.is_inference():
+                    obs = obs.clone()
+                action = self._sample_flat(obs, generator)
+        finally:
+            if torch.get_num_threads() != previous_threads:
+                torch.set_num_threads(previous_threads)
         return action.reshape(*batch_shape, self.action_dim)
 
     def _check_observation(self, observation: Tensor) -> None:
@@ -260,6 +269,11 @@ class AEPOActor(SafeModule):
         selection_temperature: temperature of ``"softmax_q"``. Defaults to ``1.0``.
         clip_actions: clamp samples to the bounds of a ``Bounded`` spec. Defaults to ``True``.
         deterministic_seed: seed of the deterministic-mode generator. Defaults to ``0``.
+        num_threads: intra-op threads (``torch.set_num_threads``) while sampling, restored
+            after each call; ``None`` (default) leaves the process setting alone. The setting
+            is process-global, so do not share the process with concurrent torch work while a
+            call runs. On a shared, oversubscribed CPU ``1`` is much faster for the paper
+            networks at every batch size measured (see ``docs/performance.md``).
         in_keys: the observation key (one key). Defaults to ``("observation",)``.
         out_keys: the action key (one key). Defaults to ``("action",)``.
 
@@ -306,6 +320,7 @@ class AEPOActor(SafeModule):
         selection_temperature: float = 1.0,
         clip_actions: bool = True,
         deterministic_seed: int = 0,
+        num_threads: int | None = None,
         in_keys: Sequence[NestedKey] = ("observation",),
         out_keys: Sequence[NestedKey] = ("action",),
     ) -> None:
@@ -323,6 +338,10 @@ class AEPOActor(SafeModule):
         solver, schedule = _solver_and_schedule(solver, schedule)
         if not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be finite, got {guidance_scale}.")
+        if num_threads is not None and (
+            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+        ):
+            raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}.")
         if isinstance(num_candidates, bool) or not isinstance(num_candidates, int):
             raise ValueError(f"num_candidates must be an int >= 1, got {num_candidates!r}.")
         if num_candidates < 1:
@@ -354,6 +373,7 @@ class AEPOActor(SafeModule):
             selection_temperature=float(selection_temperature),
             clip_actions=bool(clip_actions),
             deterministic_seed=int(deterministic_seed),
+            num_threads=num_threads,
         )
         super().__init__(
             sampler, in_keys=in_keys, out_keys=out_keys, spec=Composite({out_keys[0]: spec})
@@ -434,6 +454,7 @@ class AEPOActor(SafeModule):
             "selection_temperature": sampler.selection_temperature,
             "clip_actions": sampler.clip_actions,
             "deterministic_seed": sampler.deterministic_seed,
+            "num_threads": sampler.num_threads,
             "in_keys": list(self.in_keys),
             "out_keys": list(self.out_keys),
         }
