@@ -124,15 +124,31 @@ class _GuidedSampler(nn.Module):
         if self.num_threads is not None and self.num_threads != previous_threads:
             torch.set_num_threads(self.num_threads)  # process-global: restored below
         try:
-            # Inference mode would silently disable the energy gradient: leave it for the sampler.
-            with torch.inference_mode(False), torch.no_grad():
-                if obs.is_inference():
-                    obs = obs.clone()
-                action = self._sample_flat(obs, generator)
+            if self._autograd_free():
+                with torch.inference_mode():
+                    action = self._sample_flat(obs, generator)
+                action = action.clone()  # a normal tensor for the caller
+            else:
+                # Inference mode would disable the energy gradient: autograd for the sampler.
+                with torch.inference_mode(False), torch.no_grad():
+                    if obs.is_inference():
+                        obs = obs.clone()
+                    action = self._sample_flat(obs, generator)
         finally:
             if torch.get_num_threads() != previous_threads:
                 torch.set_num_threads(previous_threads)
         return action.reshape(*batch_shape, self.action_dim)
+
+    def _autograd_free(self) -> bool:
+        """Whether sampling needs no autograd (context networks, hand-written energy gradient)."""
+        if not hasattr(self.noise_network, "sampling_context"):
+            return False
+        if not self.guided:
+            return True
+        energy = self.energy_network
+        return hasattr(energy, "sampling_context") and not getattr(
+            energy, "action_gradient_needs_autograd", True
+        )
 
     def _check_observation(self, observation: Tensor) -> None:
         if not isinstance(observation, Tensor):

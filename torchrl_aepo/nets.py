@@ -403,6 +403,12 @@ class EnergyNetwork(nn.Module):
             h = layer(h)
         return h
 
+    @property
+    def action_gradient_needs_autograd(self) -> bool:
+        """Whether :meth:`action_gradient_context` falls back to autograd (non-SiLU layouts)."""
+        layers = self._layers()
+        return layers is None or any(type(act) is not nn.SiLU for act in layers[1])
+
     def action_gradient_context(self, noisy_action: Tensor, index: int, context: dict) -> Tensor:
         """``grad_{a_t} f(s, a_t, t)`` ``[N, d]`` at ``times[index]`` with a context, no autograd.
 
@@ -411,13 +417,12 @@ class EnergyNetwork(nn.Module):
         ``s = sigmoid(z)``, the output value itself is never formed); any other activation or
         layout uses ``torch.autograd.grad`` of :meth:`forward_context`.
         """
-        layers = self._layers()
-        if layers is None or any(type(act) is not nn.SiLU for act in layers[1]):
+        if self.action_gradient_needs_autograd:
             with torch.enable_grad():
                 x = noisy_action.detach().requires_grad_(True)
                 (grad,) = torch.autograd.grad(self.forward_context(x, index, context).sum(), x)
             return grad
-        linears = layers[0]
+        linears = self._layers()[0]
         derivatives = []
         z = self._first_layer(noisy_action, index, context)
         for k, linear in enumerate(linears[1:]):
