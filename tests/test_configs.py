@@ -1,0 +1,92 @@
+"""Hydra configs of the recipe: every task file composes and matches the task table."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
+
+from torchrl_aepo.data.tasks import PAPER_TASKS, TASKS
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+TASK_FILES = sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml") if p.stem != "minari")
+
+
+def _compose(overrides=()):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_every_paper_and_local_task_has_a_file():
+    local = [name for name, spec in TASKS.items() if spec.backend == "local"]
+    assert len(PAPER_TASKS) == 33
+    assert set(PAPER_TASKS) | set(local) == set(TASK_FILES)
+
+
+def test_every_task_file_composes_and_matches_the_table():
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        for name in TASK_FILES:
+            cfg = compose(config_name="config", overrides=[f"task={name}"])
+            OmegaConf.resolve(cfg)  # every interpolation resolves
+            spec = TASKS[cfg.task.name]
+            assert cfg.task.name == name
+            assert cfg.task.dataset_id == spec.dataset_id, name
+            assert cfg.task.eval_env_id == spec.eval_env_id, name
+            assert cfg.task.max_episode_steps == spec.max_episode_steps, name
+            assert cfg.task.backend == spec.backend, name
+
+
+def test_generated_task_files_are_up_to_date():
+    spec = importlib.util.spec_from_file_location("gen", CONFIGS / "generate_task_configs.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.main(["--check"]) == 0, "run python configs/generate_task_configs.py"
+
+
+def test_defaults_and_presets():
+    cfg = _compose()
+    assert cfg.task.name == "pendulum-medium-expert"
+    assert cfg.logger.backend == "csv"
+    assert cfg.train.schedule == "staged"
+    paper = _compose(["preset=paper"])
+    assert paper.model.noise_network == "umlp"
+    assert list(paper.model.noise_widths) == [512, 256, 128]
+    assert paper.train.diffusion.steps == 600000 and paper.train.diffusion.batch_size == 4096
+    assert paper.train.critic.steps == 1000000 and paper.train.energy.steps == 1000000
+    assert paper.train.gamma_table.num_times == 1000
+    assert paper.train.gamma_table.samples_per_time == 4096
+    quick = _compose(["preset=quick"])
+    assert quick.train.diffusion.steps < paper.train.diffusion.steps
+
+
+def test_command_line_overrides():
+    cfg = _compose(
+        ["task=hopper-medium-v2", "aepo.beta=3", "eval.episodes=10", "logger=wandb", "device=cpu"]
+    )
+    assert cfg.task.name == "hopper-medium-v2"
+    assert cfg.aepo.beta == 3
+    assert cfg.eval.episodes == 10
+    assert cfg.logger.backend == "wandb" and cfg.logger.mode == "offline"
+    antmaze = _compose(["task=antmaze-umaze-v2"])
+    assert antmaze.eval.episodes == 100  # per-family setting from the task file
+    assert _compose(["task=antmaze-umaze-v2", "eval.episodes=7"]).eval.episodes == 7
+
+
+def test_unknown_task_option_lists_the_options():
+    with pytest.raises(MissingConfigException, match="pendulum-medium"):
+        _compose(["task=pendulum-mediun"])
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb", "none"])
+def test_logger_group(logger):
+    assert _compose([f"logger={logger}"]).logger.backend == logger
+
+
+def test_minari_template_needs_a_name():
+    cfg = _compose(["task=minari", "task.name=D4RL/door/human-v2"])
+    assert cfg.task.name == "D4RL/door/human-v2"
