@@ -538,6 +538,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except CheckpointError as err:
         raise RecipeError(str(err)) from err
     if summary["stopped_after"] is not None:
+        _close_logger(cfg, logger)
         print(
             f"[aepo] stopped after stage '{summary['stopped_after']}' (train.stop_after_stage); "
             f"re-run with run_dir={run_dir} to resume."
@@ -582,7 +583,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "num_transitions": len(replay_buffer),
             "metadata": _jsonable(metadata.to_dict()),
         },
-        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
+        "config_hash": config_hash(experiment_config(cfg)),
         "train_config_hash": summary["config_hash"],
         "seeds": {
             "train": int(cfg.seed),
@@ -654,10 +655,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results["timings"]["total_seconds"] = round(time.perf_counter() - wall_start, 3)
     with open(run_dir / "results.json", "w") as f:
         json.dump(_jsonable(results), f, indent=2)
-    if logger is not None and hasattr(logger, "experiment") and cfg.logger.backend == "wandb":
-        logger.experiment.finish()
+    _close_logger(cfg, logger)
     _print_report(results, sweep_table(sweep, chosen))
     return results
+
+
+def _close_logger(cfg: DictConfig, logger) -> None:
+    if logger is not None and cfg.logger.backend == "wandb":
+        logger.experiment.finish()
+
+
+def experiment_config(cfg: DictConfig) -> dict:
+    """The resolved config without the keys that only say where/how a run is executed."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("run_dir", "resume", "progress_bar", "logger", "hydra"):
+        c.pop(key, None)
+    return c
 
 
 def _print_report(results: dict, table: str) -> None:
@@ -733,6 +746,9 @@ def main(cfg: DictConfig) -> None:
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; re-run with the same run_dir to resume", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -166,3 +166,55 @@ def test_command_line_unknown_task(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "hopper-medium-v2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_joint_schedule(recipe, data_root, tmp_path):
+    results = recipe.run(
+        _cfg(
+            data_root,
+            tmp_path / "run",
+            "train.schedule=joint",
+            "train.joint.steps=30",
+            "train.joint.batch_size=64",
+            "train.joint.gamma_refresh_interval=10",
+        )
+    )
+    assert list(results["timings"]["stages"]) == ["joint"]
+    assert results["timings"]["stages"]["joint"]["steps"] == 30
+    assert [step for step, _ in results["eval_during_training"]] == [15]
+    assert (tmp_path / "run" / "checkpoints" / "joint.pt").exists()
+
+
+def test_resume_true_continues_the_latest_unfinished_run(recipe, data_root, tmp_path):
+    first = tmp_path / "outputs" / TASK / "first"
+    recipe.run(_cfg(data_root, first, "train.stop_after_stage=critic", "train.eval_interval=0"))
+    results = recipe.run(
+        _cfg(
+            data_root,
+            tmp_path / "outputs" / TASK / "second",
+            "resume=true",
+            "train.eval_interval=0",
+        )
+    )
+    assert results["run_dir"] == str(first)
+    assert results["train"]["stages"]["critic"]["skipped"]
+    assert (first / "results.json").exists()
+    with pytest.raises(recipe.RecipeError, match="no unfinished run"):
+        recipe.run(_cfg(data_root, tmp_path / "elsewhere" / "x", "resume=true"))
+    with pytest.raises(recipe.RecipeError, match="resume is off"):
+        recipe.run(_cfg(data_root, first, "resume=false"))
+
+
+def test_loggers(recipe, data_root, tmp_path):
+    cfg = _cfg(data_root, tmp_path, "logger=none")
+    assert recipe.make_logger(cfg, tmp_path) is None
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(recipe.RecipeError, match="pip install tensorboard"):
+            recipe.make_logger(_cfg(data_root, tmp_path, "logger=tensorboard"), tmp_path)
+    logger = recipe.make_logger(
+        _cfg(data_root, tmp_path, "logger=wandb", "logger.mode=disabled"), tmp_path
+    )
+    logger.log_scalar("x", 1.0, step=1)
+    logger.experiment.finish()
