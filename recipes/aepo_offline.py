@@ -333,6 +333,26 @@ def needs_action_scaling(cfg: DictConfig, metadata) -> bool:
     return bool(cfg.data.normalize_actions) and not unit
 
 
+def scale_actions(cfg: DictConfig, replay_buffer, metadata, device: torch.device):
+    """Map the dataset's actions to [-1, 1] when its box differs; returns the whole dataset.
+
+    The diffusion prior, the mu_{0|t} clip box and the actor's box assume [-1, 1] (D4RL's
+    convention). Sampled batches go through a forward-only ``ActionScaling`` on the replay
+    buffer; the eval env gets an ``ActionScaling`` that maps the policy's actions back.
+    """
+    dataset = replay_buffer[:]
+    if not needs_action_scaling(cfg, metadata):
+        return dataset
+    from torchrl.envs.transforms import ActionScaling
+
+    low, high = (x.to(device) for x in action_box(metadata))
+    loc, scale = (high + low) / 2, (high - low) / 2
+    replay_buffer.append_transform(ActionScaling(in_keys_inv=[], loc=loc, scale=scale))
+    dataset = dataset.clone()
+    dataset["action"] = (dataset["action"] - loc) / scale
+    return dataset
+
+
 def make_env(cfg: DictConfig, metadata, num_envs: int, device: torch.device):
     """Batched eval env (+ the dataset's ObservationNorm, + ActionScaling to [-1, 1])."""
     from torchrl.envs.transforms import ActionScaling
@@ -362,60 +382,15 @@ def make_env(cfg: DictConfig, metadata, num_envs: int, device: torch.device):
         raise RecipeError(str(err)) from err
 
 
-# ----------------------------------------------------------------------------------------- main
+def make_stages(cfg: DictConfig, nets: dict, losses: dict, dataset, schedule, device):
+    """The training stages (staged or joint schedule) and the EMA -> sampling-network copy.
 
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train, evaluate and report AEPO as configured; returns the content of results.json."""
-    from torchrl._utils import timeit
-
-    from torchrl_aepo.diffusion.schedule import VPSchedule
-    from torchrl_aepo.evaluation import guidance_sweep, sweep_table
+    The diffusion, critic and energy optimisers, the Gamma-table estimate on the dataset
+    (frozen sampling network) and the energy loss (built once the critic and the table exist).
+    """
     from torchrl_aepo.objectives import AnalyticEnergyLoss, PosteriorStatistics, frozen_view
-    from torchrl_aepo.plots import (
-        plot_eval_over_training,
-        plot_guidance_sweep,
-        plot_training_losses,
-    )
-    from torchrl_aepo.trainer import CheckpointError, OfflineTrainer, config_hash, make_aepo_stages
+    from torchrl_aepo.trainer import make_aepo_stages
 
-    wall_start = time.perf_counter()
-    timeit.erase()
-
-    # 1. compose: run dir, runtime, task
-    run_dir = resolve_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = setup_runtime(cfg)
-    task = make_task(cfg)
-    print(
-        f"[aepo] task {task.name} ({task.backend}: {task.dataset_id}) | device {device} | "
-        f"threads {torch.get_num_threads()} | run dir {run_dir}"
-    )
-
-    # 2. data
-    t0 = time.perf_counter()
-    replay_buffer, metadata = make_data(cfg, task, device)
-    data_seconds = time.perf_counter() - t0
-    dataset = replay_buffer[:]
-    if needs_action_scaling(cfg, metadata):
-        # Train in [-1, 1] (the diffusion prior, the mu_{0|t} clip box and the actor's box
-        # assume it); the eval env's ActionScaling maps the policy's actions back.
-        from torchrl.envs.transforms import ActionScaling
-
-        low, high = (x.to(device) for x in action_box(metadata))
-        loc, scale = (high + low) / 2, (high - low) / 2
-        replay_buffer.append_transform(ActionScaling(in_keys_inv=[], loc=loc, scale=scale))
-        dataset = dataset.clone()
-        dataset["action"] = (dataset["action"] - loc) / scale
-    print(
-        f"[aepo] dataset {task.dataset_id}: {len(replay_buffer)} transitions, obs {metadata.obs_dim}, "
-        f"action {metadata.action_dim} ({data_seconds:.1f} s)"
-    )
-
-    # 3. modules and losses
-    schedule = VPSchedule()
-    nets = make_networks(cfg, metadata.obs_dim, metadata.action_dim, device)
-    losses = make_losses(cfg, nets, schedule)
     tc = cfg.train
     schedule_kind = str(tc.schedule)
     n = {
@@ -460,7 +435,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             clip_posterior_mean=None if clip is None else tuple(clip),
         )
 
-    stages, ctx = make_aepo_stages(
+    stages, _ = make_aepo_stages(
         schedule=schedule_kind,
         steps=n,
         batch_sizes={
@@ -493,6 +468,55 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         on_diffusion_done=copy_behaviour_weights,
         gamma_refresh_interval=int(tc.joint.gamma_refresh_interval),
     )
+    return stages, copy_behaviour_weights
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train, evaluate and report AEPO as configured; returns the content of results.json."""
+    from torchrl._utils import timeit
+
+    from torchrl_aepo.diffusion.schedule import VPSchedule
+    from torchrl_aepo.evaluation import guidance_sweep, sweep_table
+    from torchrl_aepo.plots import (
+        plot_eval_over_training,
+        plot_guidance_sweep,
+        plot_training_losses,
+    )
+    from torchrl_aepo.trainer import CheckpointError, OfflineTrainer, config_hash
+
+    wall_start = time.perf_counter()
+    timeit.erase()
+
+    # 1. compose: run dir, runtime, task
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = setup_runtime(cfg)
+    task = make_task(cfg)
+    print(
+        f"[aepo] task {task.name} ({task.backend}: {task.dataset_id}) | device {device} | "
+        f"threads {torch.get_num_threads()} | run dir {run_dir}"
+    )
+
+    # 2. data
+    t0 = time.perf_counter()
+    replay_buffer, metadata = make_data(cfg, task, device)
+    data_seconds = time.perf_counter() - t0
+    dataset = scale_actions(cfg, replay_buffer, metadata, device)
+    print(
+        f"[aepo] dataset {task.dataset_id}: {len(replay_buffer)} transitions, obs {metadata.obs_dim}, "
+        f"action {metadata.action_dim} ({data_seconds:.1f} s)"
+    )
+
+    # 3. modules and losses
+    schedule = VPSchedule()
+    nets = make_networks(cfg, metadata.obs_dim, metadata.action_dim, device)
+    losses = make_losses(cfg, nets, schedule)
+    stages, copy_behaviour_weights = make_stages(cfg, nets, losses, dataset, schedule, device)
+    tc = cfg.train
+    schedule_kind = str(tc.schedule)
 
     # 4. train
     logger = make_logger(cfg, run_dir)
