@@ -172,6 +172,24 @@ def test_jensen_gap_of_the_mse_energy(dataset, critic_name):
             assert gap_gradient.norm(dim=-1).mean() > 0.05 * exact.norm(dim=-1).mean()
 
 
+def test_aepo_limit_flips_the_curvature_correction_for_a_quadratic_critic():
+    """For Q = -||a - c||^2 (Hessian -2I) the minimiser of AEPO's regression (expansion point
+    a_0, Eq. 25) is beta [Q(m) + tr Cov] + beta^2/2 v(t) E||g||^2 (m, Cov: posterior mean and
+    covariance), whereas a second-order expansion of Eq. 12 about m has beta [Q(m) - tr Cov]:
+    expanding about a_0 instead of m flips the sign of the curvature term."""
+    critic = make_critic("bump")
+    posterior = ImportanceWeightedPosterior(
+        sample_dataset("8gaussians", 2000, generator=_gen(3)), critic, 3.0, generator=_gen(4)
+    )
+    x, time = torch.randn(200, 2, generator=_gen(5)) * 0.6, torch.full((200, 1), 0.3)
+    p = posterior.log_weights(x, time).exp()
+    mean = p @ posterior.actions
+    trace = p @ posterior.actions.pow(2).sum(-1) - mean.pow(2).sum(-1)
+    grad_sq = p @ posterior.grad_q_sq
+    expected = 3.0 * (critic.value(mean) + trace) + 4.5 * posterior.variance(time[:1]) * grad_sq
+    torch.testing.assert_close(posterior.energy("aepo", x, time).squeeze(-1), expected.squeeze(0))
+
+
 def test_jensen_gap_is_constant_for_linear_q_on_gaussian_data():
     """The gap is (beta^2/2) sigma^2_{0|t} ||q||^2, constant in a_t: MSE guidance is exact."""
     c, v = torch.tensor([0.1, 0.2]), 0.05
@@ -194,7 +212,7 @@ def test_exact_energy_reproduces_the_target_better_than_mse_and_dps():
     )
     target = sample_target("8gaussians", critic, 3.0, 1500, generator=_gen(13))
     noise = EmpiricalNoisePredictor(posterior)
-    solver = DPMSolver(steps=15)
+    solver = DPMSolver(steps=15, skip_type="logSNR")
     distance = {}
     for kind in ("exact", "mse", "dps"):
         guided = guided_samples(
@@ -208,11 +226,11 @@ def test_exact_energy_reproduces_the_target_better_than_mse_and_dps():
         1500,
         repeats=1,
     )
-    # The exact energy is left with the 15-step solver's error (~0.06 here, against a
-    # sample-size floor of ~0.02-0.03); both inexact energies are at least twice as far.
-    assert distance["exact"] < max(4 * floor, 0.1)
-    assert distance["exact"] < 0.6 * distance["mse"]
-    assert distance["exact"] < 0.6 * distance["dps"]
+    # The exact energy is left with the solver's and the finite sample's error (about the
+    # noise floor here); both inexact energies are several times farther.
+    assert distance["exact"] < 2 * floor + 0.02
+    assert distance["exact"] < 0.5 * distance["mse"]
+    assert distance["exact"] < 0.5 * distance["dps"]
 
 
 # ----------------------------------------------------------------------------- distances
