@@ -298,3 +298,19 @@ def test_tiny_study_runs_end_to_end_and_writes_the_report(tmp_path):
     assert "samples" not in stored["learned"]["moons"]
     text = paths["markdown"].read_text()
     assert "python recipes/toy_exactness.py" in text and "AEPO Posterior 1" in text
+
+
+def test_recipe_config_matches_the_study_config():
+    """Every ``study.*`` key of configs/toy_exactness.yaml is a StudyConfig field and the
+    committed defaults agree (the recipe's command with no overrides is the committed run)."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    config_dir = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name="toy_exactness")
+    study = OmegaConf.to_container(cfg.study, resolve=True)
+    assert StudyConfig(**study).to_dict() == StudyConfig().to_dict()
+    assert cfg.out_dir == "docs/exactness"
