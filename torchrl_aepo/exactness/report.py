@@ -139,6 +139,11 @@ def _learned_table(results: Mapping[str, Any]) -> list[str]:
             f"| {dataset} | *SW noise floor* | – | – | {_fmt(learned['noise_floor']['sw'])} "
             "| – | – |"
         )
+        fit = learned["behaviour_fit"]
+        lines.append(
+            f"| {dataset} | *behaviour model vs data: SW {_fmt(fit['sw'])} (floor "
+            f"{_fmt(fit['sw_floor'])})* | – | – | – | – | – |"
+        )
     return lines
 
 
@@ -210,6 +215,20 @@ def _win_table(results: Mapping[str, Any]) -> list[str]:
             )
     lines += ["", "Every case where a learned AEPO energy is clearly better:", ""]
     lines += [f"* {w}" for w in wins] if wins else ["* none"]
+    return lines
+
+
+def _summary(results: Mapping[str, Any]) -> list[str]:
+    """Best learned energy per dataset by each criterion."""
+    lines = []
+    trained = [m for m in LEARNED_METHODS if m != "exact"]
+    for criterion, label in (("guidance_error", "lowest guidance error"), ("sw_best", "best SW")):
+        best = []
+        for dataset, res in results["learned"].items():
+            rows = summary_rows(res)
+            method = min(trained, key=lambda m: rows[m][criterion])
+            best.append(f"{dataset} {METHOD_LABELS[method]} ({_fmt(rows[method][criterion])})")
+        lines.append(f"* Trained energy with the {label}: {', '.join(best)}.")
     return lines
 
 
@@ -532,6 +551,8 @@ def write_report(
         *_definitions_table(results),
         "",
         "## Findings (computed from the numbers above)",
+        "",
+        *_summary(results),
         "",
         "Learned energies, AEPO against each baseline: number of datasets where AEPO is clearly "
         "better, i.e. lower by more than the SW noise floor (distances) or by more than 10% "
