@@ -172,7 +172,7 @@ class StudyConfig:
     num_data: int = 20000
     num_reference: int = 4096
     behaviour_cells: Sequence[int] = (128, 128, 128)
-    behaviour_steps: int = 10000
+    behaviour_steps: int = 30000
     behaviour_batch: int = 512
     behaviour_lr: float = 2e-3
     energy_cells: Sequence[int] = (128, 128, 128)
