@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -78,6 +78,7 @@ class _GuidedSampler(nn.Module):
         clip_actions: bool,
         deterministic_seed: int,
         num_threads: int | None = None,
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.noise_network = noise_network
@@ -95,6 +96,7 @@ class _GuidedSampler(nn.Module):
         self.clip_actions = clip_actions and isinstance(action_spec, Bounded)
         self.deterministic_seed = deterministic_seed
         self.num_threads = num_threads
+        self.compile_options = compile_options
         low = action_spec.space.low if isinstance(action_spec, Bounded) else torch.zeros(0)
         high = action_spec.space.high if isinstance(action_spec, Bounded) else torch.zeros(0)
         self.register_buffer("action_low", low.clone(), persistent=False)
@@ -170,14 +172,31 @@ class _GuidedSampler(nn.Module):
         x_T = torch.randn(
             (obs.shape[0], self.action_dim), generator=generator, device=obs.device, dtype=obs.dtype
         )
-        action = self.solver.sample(self._noise_fn(obs), x_T)
-        if self.clip_actions:
-            action = torch.clamp(action, self.action_low, self.action_high)
+        guidance = self.guidance_scale if self.guided else None
+        if self.compile_options is None:
+            action = self.denoise(obs, x_T, guidance)
+        else:  # w as a tensor: a new guidance degree reuses the compiled code
+            if guidance is not None:
+                guidance = torch.tensor(guidance, dtype=obs.dtype, device=obs.device)
+            action = _compiled_denoise(self.compile_options)(self, obs, x_T, guidance)
         if k == 1:
             return action
         return self._select(obs, action.view(num_obs, k, self.action_dim), generator)
 
-    def _noise_fn(self, obs: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    def denoise(self, obs: Tensor, x_T: Tensor, guidance: float | Tensor | None) -> Tensor:
+        """Integrate from the latents ``x_T [N, d]`` to (clipped) actions ``[N, d]``.
+
+        ``guidance`` is the degree ``w`` (a float or a 0-d tensor); ``None`` samples the
+        behaviour policy without evaluating the energy network.
+        """
+        action = self.solver.sample(self._noise_fn(obs, guidance), x_T)
+        if self.clip_actions:
+            action = torch.clamp(action, self.action_low, self.action_high)
+        return action
+
+    def _noise_fn(
+        self, obs: Tensor, guidance: float | Tensor | None
+    ) -> Callable[[Tensor, Tensor], Tensor]:
         """The solver's ``eps(x [N, d], t [N, 1])`` for the observations ``obs [N, s]``.
 
         Networks that offer ``sampling_context(obs, times)`` (and ``forward_context`` /
@@ -185,26 +204,27 @@ class _GuidedSampler(nn.Module):
         :class:`~torchrl_aepo.EnergyNetwork`) precompute their observation- and time-only work
         once per call and are then evaluated by the index of the solver evaluation (the solver
         calls ``noise_fn`` at ``solver.eval_times``, in order); other networks are called with
-        ``(x, t, obs)``. ``sigma_t`` is precomputed per evaluation time.
+        ``(x, t, obs)``. ``w sigma_t`` is precomputed per evaluation time.
         """
         times = self.solver.eval_times
         nfe = len(times)
         calls = itertools.count()
         noise = _network_eval(self.noise_network, obs, times, "forward_context")
-        if not self.guided:
+        if guidance is None:
             return lambda x, t: noise(x, t, next(calls) % nfe)
         energy_grad = _energy_gradient_eval(self.energy_network, obs, times)
         schedule = self.solver.schedule
-        sigmas = [
-            schedule.sigma(torch.tensor(t, dtype=torch.float64)).to(obs.dtype).to(obs.device)
+        w_sigmas = [
+            guidance
+            * schedule.sigma(torch.tensor(t, dtype=torch.float64)).to(obs.dtype).to(obs.device)
             for t in times
         ]
-        w, rescale = self.guidance_scale, self.rescale
+        rescale = self.rescale
 
         def guided_eps(x: Tensor, t: Tensor) -> Tensor:
             i = next(calls) % nfe
             grad_f = energy_grad(x, t, i)
-            return guided_noise(noise(x, t, i), grad_f, sigmas[i], w, rescale)
+            return guided_noise(noise(x, t, i), grad_f, w_sigmas[i], 1.0, rescale)
 
         return guided_eps
 
@@ -290,6 +310,14 @@ class AEPOActor(SafeModule):
             is process-global, so do not share the process with concurrent torch work while a
             call runs. On a shared, oversubscribed CPU ``1`` is much faster for the paper
             networks at every batch size measured (see ``docs/performance.md``).
+        compile: ``True`` runs the solver loop (all network evaluations, guidance and
+            clipping; not the latent draw or the candidate selection) through
+            ``torch.compile``; a mapping is passed to it as keyword arguments, e.g.
+            ``{"mode": "reduce-overhead"}`` for CUDA graphs on a GPU. The first call per
+            batch shape (and per ``rescale`` value, and for ``w = 0``) compiles, which takes
+            seconds to a minute; other guidance degrees reuse it. ``False`` (default) runs
+            eagerly. Not stored by :meth:`save` (pass it
+            to :meth:`from_checkpoint`).
         in_keys: the observation key (one key). Defaults to ``("observation",)``.
         out_keys: the action key (one key). Defaults to ``("action",)``.
 
@@ -337,6 +365,7 @@ class AEPOActor(SafeModule):
         clip_actions: bool = True,
         deterministic_seed: int = 0,
         num_threads: int | None = None,
+        compile: bool | Mapping[str, Any] = False,
         in_keys: Sequence[NestedKey] = ("observation",),
         out_keys: Sequence[NestedKey] = ("action",),
     ) -> None:
@@ -358,6 +387,10 @@ class AEPOActor(SafeModule):
             isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
         ):
             raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}.")
+        if not isinstance(compile, (bool, Mapping)):
+            raise TypeError(
+                f"compile must be a bool or a mapping of torch.compile options, got {compile!r}."
+            )
         if isinstance(num_candidates, bool) or not isinstance(num_candidates, int):
             raise ValueError(f"num_candidates must be an int >= 1, got {num_candidates!r}.")
         if num_candidates < 1:
@@ -390,6 +423,9 @@ class AEPOActor(SafeModule):
             clip_actions=bool(clip_actions),
             deterministic_seed=int(deterministic_seed),
             num_threads=num_threads,
+            compile_options=dict(compile)
+            if isinstance(compile, Mapping)
+            else ({} if compile else None),
         )
         super().__init__(
             sampler, in_keys=in_keys, out_keys=out_keys, spec=Composite({out_keys[0]: spec})
@@ -521,6 +557,26 @@ class AEPOActor(SafeModule):
             schedule = kwargs.pop("schedule", schedule)
             kwargs["solver"] = DPMSolver(schedule, **solver_args)
         return cls(**kwargs)
+
+
+_COMPILED: dict[str, Callable[..., Tensor]] = {}
+
+
+def _denoise(sampler: _GuidedSampler, obs: Tensor, x_T: Tensor, guidance: Tensor | None) -> Tensor:
+    return sampler.denoise(obs, x_T, guidance)
+
+
+def _compiled_denoise(options: dict[str, Any]) -> Callable[..., Tensor]:
+    """``torch.compile(_denoise, **options)``, one per distinct option set.
+
+    A module-level function of the sampler (rather than a compiled bound method stored on
+    it) keeps actors picklable and deep-copyable. Dynamo guards on the sampler and its
+    attributes (``rescale`` recompiles once per value); ``w`` comes in as a tensor.
+    """
+    key = repr(sorted(options.items()))
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(_denoise, **options)
+    return _COMPILED[key]
 
 
 def _network_eval(
