@@ -52,6 +52,13 @@ def setup_runtime(cfg: DictConfig) -> torch.device:
     return device
 
 
+def compile_options(cfg: DictConfig) -> dict[str, Any] | None:
+    """``torch.compile`` keyword arguments from ``cfg.compile``, or ``None`` when it is off."""
+    if not bool(cfg.compile.enabled):
+        return None
+    return {} if cfg.compile.mode is None else {"mode": str(cfg.compile.mode)}
+
+
 def resolve_run_dir(cfg: DictConfig) -> Path:
     """The run directory: hydra's output dir (single or multirun) or ``cfg.run_dir``.
 
@@ -177,6 +184,8 @@ def make_losses(cfg: DictConfig, nets: dict, schedule) -> dict:
         expectile=float(cfg.aepo.expectile),
         gamma=float(cfg.aepo.gamma),
     )
+    maybe_compile(cfg, diffusion)
+    maybe_compile(cfg, critic)
     return {
         "diffusion": diffusion,
         "diffusion_updater": None
@@ -185,6 +194,18 @@ def make_losses(cfg: DictConfig, nets: dict, schedule) -> dict:
         "critic": critic,
         "critic_updater": SoftUpdate(critic, tau=float(cfg.train.critic.target_tau)),
     }
+
+
+def maybe_compile(cfg: DictConfig, loss: torch.nn.Module) -> torch.nn.Module:
+    """Compile ``loss``'s forward in place (``nn.Module.compile``) when ``compile.enabled``.
+
+    In place, so parameters, ``state_dict`` keys, target-parameter updates and checkpoints
+    are those of the eager module.
+    """
+    options = compile_options(cfg)
+    if options is not None:
+        loss.compile(**options)
+    return loss
 
 
 class AdvantageCritic(torch.nn.Module):
@@ -206,12 +227,24 @@ class AdvantageCritic(torch.nn.Module):
         return self.qvalue(observation, action) - self.value(observation)
 
 
+ADAM_IMPLEMENTATIONS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {}}
+
+
 def make_optimizer_step(cfg: DictConfig, module: torch.nn.Module, lr: float, steps: int):
-    """Adam over the trainable parameters of ``module`` with the configured lr schedule/clip."""
+    """Adam over the trainable parameters of ``module`` with the configured lr schedule/clip.
+
+    ``train.adam`` picks torch's Adam implementation (same update, different kernels):
+    ``fused`` (one fused kernel per step, the default), ``foreach`` or ``loop``.
+    """
     from torchrl_aepo.trainer import OptimizerStep, cosine_or_constant
 
+    kind = str(cfg.train.adam)
+    if kind not in ADAM_IMPLEMENTATIONS:
+        raise RecipeError(
+            f"train.adam must be one of {sorted(ADAM_IMPLEMENTATIONS)}, got {kind!r}."
+        )
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=float(lr))
+    optimizer = torch.optim.Adam(params, lr=float(lr), **ADAM_IMPLEMENTATIONS[kind])
     return OptimizerStep(
         optimizer,
         grad_clip=None if cfg.train.grad_clip is None else float(cfg.train.grad_clip),
@@ -242,6 +275,7 @@ def make_actor(cfg: DictConfig, nets: dict, critic_loss, metadata, schedule, gui
         selection=str(cfg.aepo.selection),
         qvalue_network=qvalue,
         deterministic_seed=int(cfg.eval.seed),
+        compile=compile_options(cfg) or bool(cfg.compile.enabled),
     )
 
 
@@ -425,7 +459,7 @@ def make_stages(cfg: DictConfig, nets: dict, losses: dict, dataset, schedule, de
             raise RecipeError(
                 f"aepo.energy_baseline must be none or value, got {cfg.aepo.energy_baseline!r}."
             )
-        return AnalyticEnergyLoss(
+        energy_loss = AnalyticEnergyLoss(
             nets["energy"],
             nets["behaviour"],
             critic,
@@ -434,6 +468,7 @@ def make_stages(cfg: DictConfig, nets: dict, losses: dict, dataset, schedule, de
             posterior=int(cfg.aepo.posterior),
             clip_posterior_mean=None if clip is None else tuple(clip),
         )
+        return maybe_compile(cfg, energy_loss)
 
     stages, _ = make_aepo_stages(
         schedule=schedule_kind,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,3 +219,24 @@ def test_loggers(recipe, data_root, tmp_path):
     )
     logger.log_scalar("x", 1.0, step=1)
     logger.experiment.finish()
+
+
+def test_adam_implementation_is_configurable(recipe, data_root, tmp_path):
+    module = torch.nn.Linear(2, 2)
+    for kind, flags in (("fused", {"fused": True}), ("foreach", {"foreach": True})):
+        cfg = _cfg(data_root, tmp_path / kind, f"train.adam={kind}")
+        step = recipe.make_optimizer_step(cfg, module, 1e-3, 10)
+        assert all(step.optimizer.defaults[name] is value for name, value in flags.items())
+    with pytest.raises(recipe.RecipeError, match="train.adam"):
+        recipe.make_optimizer_step(
+            _cfg(data_root, tmp_path / "x", "train.adam=sgd"), module, 1e-3, 1
+        )
+
+
+def test_compile_switch_compiles_losses_and_actor(recipe, data_root, tmp_path):
+    cfg = _cfg(data_root, tmp_path / "run", "compile.enabled=true", "compile.mode=max-autotune")
+    assert recipe.compile_options(cfg) == {"mode": "max-autotune"}
+    loss = torch.nn.Linear(2, 2)
+    recipe.maybe_compile(cfg, loss)
+    assert loss._compiled_call_impl is not None
+    assert recipe.compile_options(_cfg(data_root, tmp_path / "off")) is None
