@@ -112,6 +112,7 @@ class BenchConfig:
     obs_dim: int = 11
     action_dim: int = 3
     optim: str = "default"  # torch.optim.Adam flavour: default | foreach | fused
+    compile: bool = False  # also time torch.compile'd losses and actor (compiles in the warm-up)
     sections: tuple[str, ...] = ("peak", "training", "sampling", "eval", "scaling")
     # timing
     warmup: int = 1
@@ -688,7 +689,9 @@ def _build_ours_energy(cfg: BenchConfig, batch: int) -> Built:
     return run, _flops_energy(p["noise"], p["q"], p["energy"], batch), 1
 
 
-def _build_ours_full(cfg: BenchConfig, batch: int, width: float = 1.0) -> Built:
+def _build_ours_full(
+    cfg: BenchConfig, batch: int, width: float = 1.0, compiled: bool = False
+) -> Built:
     from torchrl.objectives import SoftUpdate
 
     from torchrl_aepo.objectives.diffusion import DiffusionLoss
@@ -705,6 +708,9 @@ def _build_ours_full(cfg: BenchConfig, batch: int, width: float = 1.0) -> Built:
     )
     stats = _posterior_statistics(cfg, nets["noise"], td)
     energy = AnalyticEnergyLoss(nets["energy"], nets["noise"], target_critic, stats, beta=3.0)
+    if compiled:  # as the recipe's compile.enabled=true
+        for loss in (diffusion, critic, energy):
+            loss.compile()
     taken: set[int] = set()
     groups = []
     for params, lr in (
@@ -912,6 +918,7 @@ def _make_actor(
     steps: int,
     guided: bool = True,
     candidates: int = 1,
+    compiled: bool = False,
 ):
     from torchrl_aepo.actor import AEPOActor
     from torchrl_aepo.diffusion.solver import DPMSolver
@@ -930,6 +937,7 @@ def _make_actor(
         guidance_scale=1.0,
         rescale=True,
         solver=DPMSolver(order=order, steps=steps),
+        compile=compiled,
         **kwargs,
     )
 
@@ -947,11 +955,20 @@ def _build_ours_sampling(
     guided: bool = True,
     width: float = 1.0,
     candidates: int = 1,
+    compiled: bool = False,
 ) -> Built:
     from tensordict import TensorDict
 
     nets = _sampling_nets(cfg, width)
-    actor = _make_actor(cfg, nets, order=order, steps=steps, guided=guided, candidates=candidates)
+    actor = _make_actor(
+        cfg,
+        nets,
+        order=order,
+        steps=steps,
+        guided=guided,
+        candidates=candidates,
+        compiled=compiled,
+    )
     td = TensorDict({"observation": torch.randn(batch, cfg.obs_dim)}, batch_size=[batch])
     p = _params(nets)
     n = batch * candidates
@@ -1120,56 +1137,75 @@ def _training_cases(cfg: BenchConfig, batch: int) -> list[Case]:
             ),
         ]
     )
+    return (
+        [
+            c("DiffusionLoss", "ours", lambda: _build_ours_diffusion(cfg, batch)),
+            c(
+                "DiffusionLoss",
+                "torchrl DiffusionBCLoss",
+                lambda: _build_diffusion_bc(cfg, batch),
+                "same noise network via a concat adapter",
+            ),
+            c("DiffusionLoss", "reference", lambda: _build_reference(cfg, batch, "diffusion")),
+            c(
+                "DiffusionLoss",
+                "reference-research",
+                lambda: _build_reference(cfg, batch, "diffusion", "research"),
+                "QGPO-shaped networks (local stand-in for QGPO's behaviour step)",
+            ),
+            c(
+                "ExpectileLoss",
+                "ours",
+                lambda: _build_ours_expectile(cfg, batch),
+                "loss + Adam + SoftUpdate",
+            ),
+            c(
+                "ExpectileLoss",
+                "torchrl IQLLoss critic",
+                lambda: _build_iql_critic(cfg, batch),
+                "IQLLoss.value_loss + qvalue_loss + Adam(Q,V) + SoftUpdate",
+            ),
+            c(
+                "ExpectileLoss",
+                "torchrl IQLLoss full",
+                lambda: _build_iql_full(cfg, batch),
+                "IQLLoss forward (actor+Q+V) + Adam + SoftUpdate; TanhNormal 3x256 actor",
+            ),
+            c("ExpectileLoss", "reference", lambda: _build_reference(cfg, batch, "critic")),
+            c("AnalyticEnergyLoss", "ours", lambda: _build_ours_energy(cfg, batch)),
+            c("AnalyticEnergyLoss", "reference", lambda: _build_reference(cfg, batch, "energy")),
+            c(
+                "AEPO update",
+                "ours",
+                lambda: _build_ours_full(cfg, batch),
+                "3 losses, 1 backward, 3 Adam, SoftUpdate",
+            ),
+            c("AEPO update", "reference", lambda: _build_reference(cfg, batch, "full")),
+            c(
+                "AEPO update",
+                "reference-research",
+                lambda: _build_reference(cfg, batch, "full", "research"),
+                "QGPO-shaped networks, 4x256 energy",
+            ),
+        ]
+        + fused_cases
+        + _compiled_training_cases(cfg, batch)
+    )
+
+
+def _compiled_training_cases(cfg: BenchConfig, batch: int) -> list[Case]:
+    if not cfg.compile:
+        return []
     return [
-        c("DiffusionLoss", "ours", lambda: _build_ours_diffusion(cfg, batch)),
-        c(
-            "DiffusionLoss",
-            "torchrl DiffusionBCLoss",
-            lambda: _build_diffusion_bc(cfg, batch),
-            "same noise network via a concat adapter",
-        ),
-        c("DiffusionLoss", "reference", lambda: _build_reference(cfg, batch, "diffusion")),
-        c(
-            "DiffusionLoss",
-            "reference-research",
-            lambda: _build_reference(cfg, batch, "diffusion", "research"),
-            "QGPO-shaped networks (local stand-in for QGPO's behaviour step)",
-        ),
-        c(
-            "ExpectileLoss",
-            "ours",
-            lambda: _build_ours_expectile(cfg, batch),
-            "loss + Adam + SoftUpdate",
-        ),
-        c(
-            "ExpectileLoss",
-            "torchrl IQLLoss critic",
-            lambda: _build_iql_critic(cfg, batch),
-            "IQLLoss.value_loss + qvalue_loss + Adam(Q,V) + SoftUpdate",
-        ),
-        c(
-            "ExpectileLoss",
-            "torchrl IQLLoss full",
-            lambda: _build_iql_full(cfg, batch),
-            "IQLLoss forward (actor+Q+V) + Adam + SoftUpdate; TanhNormal 3x256 actor",
-        ),
-        c("ExpectileLoss", "reference", lambda: _build_reference(cfg, batch, "critic")),
-        c("AnalyticEnergyLoss", "ours", lambda: _build_ours_energy(cfg, batch)),
-        c("AnalyticEnergyLoss", "reference", lambda: _build_reference(cfg, batch, "energy")),
-        c(
+        Case(
+            "training",
             "AEPO update",
-            "ours",
-            lambda: _build_ours_full(cfg, batch),
-            "3 losses, 1 backward, 3 Adam, SoftUpdate",
-        ),
-        c("AEPO update", "reference", lambda: _build_reference(cfg, batch, "full")),
-        c(
-            "AEPO update",
-            "reference-research",
-            lambda: _build_reference(cfg, batch, "full", "research"),
-            "QGPO-shaped networks, 4x256 energy",
-        ),
-    ] + fused_cases
+            "ours, torch.compile",
+            {"batch": batch},
+            lambda: _build_ours_full(cfg, batch, compiled=True),
+            note="as 'ours' with the three losses compiled (nn.Module.compile)",
+        )
+    ]
 
 
 def _sampling_cases(cfg: BenchConfig, batch: int) -> list[Case]:
@@ -1199,6 +1235,18 @@ def _sampling_cases(cfg: BenchConfig, batch: int) -> list[Case]:
                     )
                 )
     order_qgpo, steps_qgpo = cfg.qgpo_order, cfg.qgpo_steps
+    if cfg.compile:
+        cases.append(
+            Case(
+                "sampling",
+                "guided",
+                "ours, torch.compile",
+                {"batch": batch, "order": order_qgpo, "steps": steps_qgpo, "nfe": steps_qgpo},
+                lambda: _build_ours_sampling(cfg, batch, order_qgpo, steps_qgpo, compiled=True),
+                unit="actions",
+                note="AEPOActor(compile=True)",
+            )
+        )
     cases.append(
         Case(
             "sampling",
@@ -1449,6 +1497,16 @@ def _compute_ratios(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str,
                 note="IQL also trains its actor; informational",
             )
         )
+        compiled = _find(train, name="AEPO update", impl="ours, torch.compile", **b)
+        if compiled is not None:
+            out.append(
+                _ratio_entry(
+                    f"AEPO update with torch.compile vs eager, batch {batch} (speed-up)",
+                    speed(compiled, _find(train, name="AEPO update", impl="ours", **b)),
+                    numerator="AEPO update ours, torch.compile",
+                    denominator="AEPO update ours",
+                )
+            )
         for name in ("DiffusionLoss", "ExpectileLoss", "AEPO update"):
             ours = _find(train, name=name, impl="ours", **b)
             fused = _find(train, name=name, impl="ours, Adam(fused=True)", **b)
@@ -1539,6 +1597,16 @@ def _compute_ratios(results: dict[str, Any], cfg: BenchConfig) -> list[dict[str,
                 note="local stand-in for issue 8's QGPO targets (1/3 latency at batch 1, 2x at 50)",
             )
         )
+        compiled = _find(samp, impl="ours, torch.compile", batch=batch, **key)
+        if compiled is not None:
+            out.append(
+                _ratio_entry(
+                    f"guided sampling {tag} with torch.compile vs eager, batch {batch} (speed-up)",
+                    speed(compiled, ours),
+                    numerator="AEPOActor(compile=True)",
+                    denominator="AEPOActor",
+                )
+            )
         qgpo_ms = QGPO_REFERENCE["guided_sampling_ms_per_call"].get(str(batch))
         if batch == 1:
             out.append(
@@ -1937,6 +2005,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="torch.optim.Adam implementation used by every training case",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the torch.compile'd AEPO update and guided sampler (QGPO's sampler)",
+    )
+    parser.add_argument(
         "--sections", default=None, help="comma-separated subset of training,sampling,eval,scaling"
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
@@ -1949,6 +2022,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["env_name"] = args.env
     if args.optim is not None:
         overrides["optim"] = args.optim
+    if args.compile:
+        overrides["compile"] = True
     if args.sections is not None:
         overrides["sections"] = (
             "peak",
