@@ -268,20 +268,33 @@ def _definition_findings(results: Mapping[str, Any]) -> list[str]:
 
 
 def _explanations(results: Mapping[str, Any]) -> list[str]:
-    """Mechanisms (analytic facts) with the numbers of this run that show them."""
+    """Mechanisms (analytic facts) with the numbers of this run that show them, the one that
+    accounts for most of AEPO's error first."""
     learned = results["learned"]
     cfg = results["config"]
+    critic = cfg["critic"]
     t_last = cfg["error_times"][-1]
     alpha, sigma = VPSchedule().alpha_sigma(torch.tensor(float(t_last)))
     early = [i for i, t in enumerate(cfg["error_times"]) if t <= 0.5]
+
+    def guidance_error(res: Mapping[str, Any], kind: str) -> float:
+        return _mean(res["gradient_error"]["guidance"][kind])
+
+    limits = ", ".join(
+        f"{d} {_fmt(guidance_error(by_critic[critic], 'aepo'))} / "
+        f"{_fmt(guidance_error(by_critic[critic], 'mse'))} / "
+        f"{_fmt(guidance_error(by_critic[critic], 'dps'))}"
+        for d, by_critic in results["definitions"].items()
+        if critic in by_critic
+    )
     mean_error = ", ".join(
         f"{d} {_fmt(max(res['posterior_mean_error'][i] for i in early))} → "
         f"{_fmt(res['posterior_mean_error'][-1])}"
         for d, res in learned.items()
     )
     diagnostic = ", ".join(
-        f"{d} {_fmt(_mean(res['gradient_error']['guidance']['aepo_p1']))} → "
-        f"{_fmt(_mean(res['gradient_error']['guidance']['aepo_p1_exact_eps']))}"
+        f"{d} {_fmt(guidance_error(res, 'aepo_p1'))} → "
+        f"{_fmt(guidance_error(res, 'aepo_p1_exact_eps'))}"
         for d, res in learned.items()
     )
     rescale = ", ".join(
@@ -290,19 +303,27 @@ def _explanations(results: Mapping[str, Any]) -> list[str]:
         for d, res in learned.items()
     )
     return [
-        "1. **The learned posterior mean is amplified at large t.** AEPO's target (Eq. 25) and "
-        "DPS use μ_θ = (a_t − σ_t ε_θ)/α_t, which multiplies the noise network's error by "
-        f"σ_t/α_t ({float(sigma / alpha):.0f} at t = {t_last:g}); the clip to [−1, 1] bounds "
-        "the value but not the slope the energy net then learns. Error of clip(μ_θ) (max over "
-        f"t ≤ 0.5 → t = {t_last:g}): {mean_error}. Guidance error of AEPO Posterior 1 with the "
-        f"learned ε_θ → with the exact ε (diagnostic row): {diagnostic}.",
-        "2. **Expanding about a_0 flips the curvature correction.** For a quadratic critic with "
+        "1. **Expanding about a_0 flips the curvature correction.** For a quadratic critic with "
         "Hessian H, the regression limit of Eq. 25 is βQ(m) − (β/2) tr(H Cov) + (β²/2) σ²_{0|t} "
         "E‖g‖², while Eq. 12 expanded about the posterior mean m gives βQ(m) + (β/2) tr(H Cov) "
         "+ (β²/2) g(m)ᵀ Cov g(m) + …: with the expansion point â = a_0 the curvature term has "
         "the wrong sign, which matters wherever the posterior covariance changes with a_t "
-        "(between modes). This is the critic `bump` (H = −2I) of the learned part; see the "
-        "`bump` rows of the definitions table (tested in `tests/test_exactness.py`).",
+        "(between modes). Exactly, for a Gaussian posterior N(m, Σ) and a quadratic critic, "
+        "log E exp(βQ) = βQ(m) + (β²/2) gᵀ(Σ⁻¹ − βH)⁻¹g − ½ log det(I − βHΣ): for a concave "
+        "critic the gradient term is damped (by 1/(1 + 2βσ²_{0|t}) for H = −2I), while Eq. 25 "
+        "keeps (β²/2) σ²_{0|t} ‖∇Q(a_0)‖² undamped. That term grows away from the critic's "
+        "maximum, so at large t AEPO's energy pushes samples *away* from it (the AEPO columns "
+        "of `samples.png`). This is a bias of the definition, not of learning: with everything "
+        f"exact, the guidance error of AEPO's limit / MSE's / DPS's for the critic `{critic}` "
+        f"(H = −2I, the critic of the learned part) is {limits} (definitions table; the sign is "
+        "tested in `tests/test_exactness.py`).",
+        "2. **The learned posterior mean is amplified at large t.** AEPO's target (Eq. 25) and "
+        "DPS use μ_θ = (a_t − σ_t ε_θ)/α_t, which multiplies the noise network's error by "
+        f"σ_t/α_t ({float(sigma / alpha):.0f} at t = {t_last:g}); the clip to [−1, 1] bounds "
+        "the value but not the slope the energy net then learns. Error of clip(μ_θ) (max over "
+        f"t ≤ 0.5 → t = {t_last:g}): {mean_error}. Guidance error of AEPO Posterior 1 with the "
+        f"learned ε_θ → with the exact ε (diagnostic row): {diagnostic}; the difference is "
+        "the share of AEPO's error that a better behaviour model would remove.",
         "3. **For a linear critic AEPO's correction is a constant.** With g constant and a "
         "t-only variance σ²_{0|t}, (β²/2) σ²_{0|t} ‖q‖² does not depend on a_t: AEPO, MSE and "
         "DPS then give the same guidance (identical `linear` rows above), and all miss the "
