@@ -1,7 +1,8 @@
 """AEPO's loss modules (``torchrl.objectives.LossModule`` subclasses)."""
 
+from torchrl_aepo.objectives.common import frozen_view
 from torchrl_aepo.objectives.diffusion import DiffusionLoss
-from torchrl_aepo.objectives.energy import AnalyticEnergyLoss, EnergyLossBase, frozen_view
+from torchrl_aepo.objectives.energy import AnalyticEnergyLoss, EnergyLossBase
 from torchrl_aepo.objectives.energy_baselines import (
     CEPEnergyLoss,
     DPSEnergyLoss,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import Tensor, nn
 
-__all__ = ["unwrap_module", "get_input"]
+__all__ = ["unwrap_module", "get_input", "frozen_view"]
 
 
 def unwrap_module(module: nn.Module) -> nn.Module:
@@ -49,3 +52,45 @@ def get_input(
             f"{tuple(value.shape)}."
         )
     return value
+
+
+def frozen_view(module: nn.Module, tensors: Mapping[str, Tensor] | None = None) -> nn.Module:
+    """A parameter-free copy of ``module`` whose tensors alias existing storage.
+
+    The copy has the structure and ``forward`` of ``module`` (``TensorDictModule`` wrappers
+    are unwrapped), but every parameter and buffer is a detached, non-persistent buffer that
+    shares storage with ``module``'s tensor of the same name, or with ``tensors[name]`` when
+    given (e.g. a loss's ``target_*_params.flatten_keys(".")``). In-place updates of the source
+    are visible through the view; no gradient can reach the source through it.
+
+    Args:
+        module: the network to view.
+        tensors: optional replacement tensors by dotted name (as in ``named_parameters``).
+
+    Returns:
+        the view, an ``nn.Module`` with no parameters.
+
+    Examples:
+        >>> net = nn.Linear(3, 1)
+        >>> view = frozen_view(net)
+        >>> list(view.parameters()), view.weight.data_ptr() == net.weight.data_ptr()
+        ([], True)
+    """
+    module = unwrap_module(module)
+    named = dict(module.named_parameters(remove_duplicate=False))
+    named.update(module.named_buffers(remove_duplicate=False))
+    if tensors is not None:
+        unknown = set(tensors) - set(named)
+        if unknown:
+            raise KeyError(f"frozen_view: {sorted(unknown)} are not tensors of {type(module)}.")
+    memo = {
+        id(value): (value if tensors is None else tensors.get(name, value)).detach()
+        for name, value in named.items()
+    }
+    view = copy.deepcopy(module, memo)
+    for submodule in view.modules():
+        for name in list(submodule._parameters):
+            value = submodule._parameters.pop(name)
+            submodule.register_buffer(name, value, persistent=False)
+        submodule._non_persistent_buffers_set.update(submodule._buffers)
+    return view

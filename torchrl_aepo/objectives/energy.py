@@ -8,7 +8,7 @@ shares (keys, the frozen networks, time/noise sampling, the regression), so base
 other targets keep the constructor prefix ``(energy_network, noise_network, qvalue_network,
 ...)`` and the output key ``loss_energy`` and can be swapped in.
 
-Frozen networks are held as :func:`frozen_view` modules: registered submodules (``.to()``
+Frozen networks are held as :func:`~torchrl_aepo.objectives.common.frozen_view` modules: registered submodules (``.to()``
 moves them) whose tensors are non-persistent buffers aliasing the given network's storage.
 They therefore have no parameters (``loss.parameters()`` is the energy network's only, and
 nothing can write a ``.grad`` into them), do not enter the loss's ``state_dict``, and follow
@@ -19,8 +19,6 @@ move networks and losses first, then build the energy loss.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -31,52 +29,10 @@ from torchrl.objectives import LossModule
 from torchrl.objectives.utils import _reduce
 
 from torchrl_aepo.diffusion.schedule import VPSchedule
-from torchrl_aepo.objectives.common import get_input, unwrap_module
+from torchrl_aepo.objectives.common import frozen_view, get_input, unwrap_module
 from torchrl_aepo.objectives.posterior import PosteriorStatistics
 
-__all__ = ["frozen_view", "EnergyLossBase", "AnalyticEnergyLoss"]
-
-
-def frozen_view(module: nn.Module, tensors: Mapping[str, Tensor] | None = None) -> nn.Module:
-    """A parameter-free copy of ``module`` whose tensors alias existing storage.
-
-    The copy has the structure and ``forward`` of ``module`` (``TensorDictModule`` wrappers
-    are unwrapped), but every parameter and buffer is a detached, non-persistent buffer that
-    shares storage with ``module``'s tensor of the same name, or with ``tensors[name]`` when
-    given (e.g. a loss's ``target_*_params.flatten_keys(".")``). In-place updates of the source
-    are visible through the view; no gradient can reach the source through it.
-
-    Args:
-        module: the network to view.
-        tensors: optional replacement tensors by dotted name (as in ``named_parameters``).
-
-    Returns:
-        the view, an ``nn.Module`` with no parameters.
-
-    Examples:
-        >>> net = nn.Linear(3, 1)
-        >>> view = frozen_view(net)
-        >>> list(view.parameters()), view.weight.data_ptr() == net.weight.data_ptr()
-        ([], True)
-    """
-    module = unwrap_module(module)
-    named = dict(module.named_parameters(remove_duplicate=False))
-    named.update(module.named_buffers(remove_duplicate=False))
-    if tensors is not None:
-        unknown = set(tensors) - set(named)
-        if unknown:
-            raise KeyError(f"frozen_view: {sorted(unknown)} are not tensors of {type(module)}.")
-    memo = {
-        id(value): (value if tensors is None else tensors.get(name, value)).detach()
-        for name, value in named.items()
-    }
-    view = copy.deepcopy(module, memo)
-    for submodule in view.modules():
-        for name in list(submodule._parameters):
-            value = submodule._parameters.pop(name)
-            submodule.register_buffer(name, value, persistent=False)
-        submodule._non_persistent_buffers_set.update(submodule._buffers)
-    return view
+__all__ = ["EnergyLossBase", "AnalyticEnergyLoss"]
 
 
 class EnergyLossBase(LossModule):

@@ -11,8 +11,7 @@ from torch import Tensor, nn
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import _reduce, distance_loss
 
-from torchrl_aepo.objectives.common import get_input, unwrap_module
-from torchrl_aepo.objectives.energy import frozen_view
+from torchrl_aepo.objectives.common import frozen_view, get_input, unwrap_module
 
 __all__ = ["ExpectileLoss"]
 
@@ -39,7 +38,7 @@ class ExpectileLoss(LossModule):
     Target parameters live in ``target_qvalue_network_params``
     (``convert_to_functional(..., create_target_params=True)``) and are updated by
     ``torchrl.objectives.SoftUpdate(loss, tau=0.005)``. The loss evaluates them through a
-    cached :func:`~torchrl_aepo.objectives.energy.frozen_view` that aliases their storage
+    cached :func:`~torchrl_aepo.objectives.common.frozen_view` that aliases their storage
     (no per-call ``to_module`` swap); the cache is dropped when the loss is moved.
 
     Args:
@@ -161,7 +160,7 @@ class ExpectileLoss(LossModule):
         """A new parameter-free view of the target twin critic.
 
         Its tensors alias ``target_qvalue_network_params`` (see
-        :func:`~torchrl_aepo.objectives.energy.frozen_view`), so it follows ``SoftUpdate``
+        :func:`~torchrl_aepo.objectives.common.frozen_view`), so it follows ``SoftUpdate``
         steps; it is the frozen critic of :class:`AnalyticEnergyLoss` and of action selection.
         Build it after moving the loss to its device.
         """
