@@ -236,7 +236,22 @@ def test_adam_implementation_is_configurable(recipe, data_root, tmp_path):
 def test_compile_switch_compiles_losses_and_actor(recipe, data_root, tmp_path):
     cfg = _cfg(data_root, tmp_path / "run", "compile.enabled=true", "compile.mode=max-autotune")
     assert recipe.compile_options(cfg) == {"mode": "max-autotune"}
-    loss = torch.nn.Linear(2, 2)
-    recipe.maybe_compile(cfg, loss)
-    assert loss._compiled_call_impl is not None
     assert recipe.compile_options(_cfg(data_root, tmp_path / "off")) is None
+
+    # A compiled loss trains at two batch sizes (the second compiles with dynamic shapes).
+    from tensordict import TensorDict
+
+    from torchrl_aepo import MLPNoisePredictor
+    from torchrl_aepo.objectives import DiffusionLoss
+
+    loss = recipe.maybe_compile(
+        _cfg(data_root, tmp_path / "on", "compile.enabled=true"),
+        DiffusionLoss(MLPNoisePredictor(2, 3, num_cells=(8,))),
+    )
+    assert loss._compiled_call_impl is not None
+    for batch in (16, 24):
+        td = TensorDict(
+            {"observation": torch.randn(batch, 3), "action": torch.rand(batch, 2)}, [batch]
+        )
+        loss(td)["loss_diffusion"].backward()
+        assert torch.isfinite(loss.noise_network_params["mlp", "0", "weight"].grad).all()

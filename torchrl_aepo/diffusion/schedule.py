@@ -118,7 +118,10 @@ class VPSchedule:
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """Draw ``t ~ U(t_min, t_max)`` of the given shape (e.g. ``(*B, 1)``)."""
-        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+        if generator is None:  # no generator kwarg: torch.compile then supports dynamic shapes
+            u = torch.rand(shape, device=device, dtype=dtype)
+        else:
+            u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
         return self.t_min + (self.t_max - self.t_min) * u
 
     def add_noise(self, a0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
