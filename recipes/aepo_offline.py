@@ -275,7 +275,7 @@ def make_actor(cfg: DictConfig, nets: dict, critic_loss, metadata, schedule, gui
         selection=str(cfg.aepo.selection),
         qvalue_network=qvalue,
         deterministic_seed=int(cfg.eval.seed),
-        compile=compile_options(cfg) or bool(cfg.compile.enabled),
+        compile=False if (options := compile_options(cfg)) is None else options,
     )
 
 

@@ -316,8 +316,7 @@ class AEPOActor(SafeModule):
             ``{"mode": "reduce-overhead"}`` for CUDA graphs on a GPU. The first call per
             batch shape (and per ``rescale`` value, and for ``w = 0``) compiles, which takes
             seconds to a minute; other guidance degrees reuse it. ``False`` (default) runs
-            eagerly. Not stored by :meth:`save` (pass it
-            to :meth:`from_checkpoint`).
+            eagerly. Not stored by :meth:`save` (pass it to :meth:`from_checkpoint`).
         in_keys: the observation key (one key). Defaults to ``("observation",)``.
         out_keys: the action key (one key). Defaults to ``("action",)``.
 
