@@ -78,38 +78,15 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def task_config(spec) -> dict:
-    """The content of ``task/<name>.yaml`` for a :class:`TaskSpec`."""
-    task = {
-        "name": spec.name,
-        "backend": spec.backend,
-        "dataset_id": spec.dataset_id,
-        "eval_env_id": spec.eval_env_id,
-        "max_episode_steps": spec.max_episode_steps,
-        "family": spec.family,
-        "quality": spec.quality,
-        # null: the task table's reward preprocessing (here: `spec.reward_transform`)
-        "reward_transform": None,
-        "normalize_observations": False,
-    }
-    config = {"task": task}
+    """The content of ``task/<name>.yaml`` for a :class:`TaskSpec`: its name (the task table
+    holds everything else) and its per-family / per-task hyperparameters."""
+    config = {"task": {"name": spec.name}}
     config = _merge(config, FAMILY_OVERRIDES.get(spec.family, {}))
     return _merge(config, TASK_OVERRIDES.get(spec.name, {}))
 
 
 def minari_template() -> dict:
-    return {
-        "task": {
-            "name": "???",
-            "backend": "minari",
-            "dataset_id": None,
-            "eval_env_id": None,
-            "max_episode_steps": None,
-            "family": "",
-            "quality": "",
-            "reward_transform": None,
-            "normalize_observations": False,
-        }
-    }
+    return {"task": {"name": "???"}}
 
 
 def render(config: dict, comment: str = "") -> str:
@@ -123,7 +100,10 @@ def expected_files() -> dict[Path, str]:
     for spec in TASKS.values():
         if spec.backend not in ("d4rl", "local"):
             continue  # Minari ids contain '/', use task=minari task.name=<id>
-        comment = f"# reward preprocessing from the table: {spec.reward_transform}\n"
+        comment = (
+            f"# {spec.backend}: {spec.dataset_id}, evaluated on {spec.eval_env_id}; reward "
+            f"preprocessing {spec.reward_transform}\n"
+        )
         files[TASK_DIR / f"{spec.name}.yaml"] = render(task_config(spec), comment)
     files[TASK_DIR / "minari.yaml"] = render(
         minari_template(),

@@ -59,7 +59,7 @@ def hand_batch():
 
 
 def test_expectile_weighting_uses_target_twin_min_hand_computed():
-    loss = ExpectileLoss(HeadsFromAction(), ValueFromState(), expectile=0.8, gamma=0.9)
+    loss = ExpectileLoss(HeadsFromAction(), ValueFromState(), expectile=0.8, discount=0.9)
     out = loss(hand_batch())
     # u = [1, -2, 0.5, -1]; weights tau=0.8 for u>0, 0.2 for u<0:
     # [0.8*1, 0.2*4, 0.8*0.25, 0.2*1] = [0.8, 0.8, 0.2, 0.2] -> mean 0.5
@@ -71,7 +71,7 @@ def test_expectile_weighting_uses_target_twin_min_hand_computed():
 
 
 def test_td_target_masks_terminal_transitions_hand_computed():
-    loss = ExpectileLoss(HeadsFromAction(), ValueFromState(), expectile=0.8, gamma=0.9)
+    loss = ExpectileLoss(HeadsFromAction(), ValueFromState(), expectile=0.8, discount=0.9)
     batch = hand_batch()
     out = loss(batch)
     # y = r + 0.9 (1 - terminated) V(s'): [1 + 1.8, 0, 2 - 0.9, -1] = [2.8, 0, 1.1, -1]

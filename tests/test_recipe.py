@@ -174,7 +174,7 @@ def test_joint_schedule(recipe, data_root, tmp_path):
         _cfg(
             data_root,
             tmp_path / "run",
-            "train.schedule=joint",
+            "train.plan=joint",
             "train.joint.steps=30",
             "train.joint.batch_size=64",
             "train.joint.gamma_refresh_interval=10",
@@ -208,46 +208,52 @@ def test_resume_true_continues_the_latest_unfinished_run(recipe, data_root, tmp_
 
 def test_loggers(recipe, data_root, tmp_path):
     cfg = _cfg(data_root, tmp_path, "logger=none")
-    assert recipe.make_logger(cfg, tmp_path) is None
+    assert recipe.utils.make_logger(cfg.logger, tmp_path) is None
     try:
         import tensorboard  # noqa: F401
     except ImportError:
         with pytest.raises(recipe.RecipeError, match="pip install tensorboard"):
-            recipe.make_logger(_cfg(data_root, tmp_path, "logger=tensorboard"), tmp_path)
-    logger = recipe.make_logger(
-        _cfg(data_root, tmp_path, "logger=wandb", "logger.mode=disabled"), tmp_path
+            recipe.utils.make_logger(
+                _cfg(data_root, tmp_path, "logger=tensorboard").logger, tmp_path
+            )
+    logger = recipe.utils.make_logger(
+        _cfg(data_root, tmp_path, "logger=wandb", "logger.mode=disabled").logger, tmp_path
     )
     logger.log_scalar("x", 1.0, step=1)
     logger.experiment.finish()
 
 
 def test_adam_implementation_is_configurable(recipe, data_root, tmp_path):
+    from torchrl_aepo.trainer import adam_step
+
     module = torch.nn.Linear(2, 2)
     for kind, flags in (("fused", {"fused": True}), ("foreach", {"foreach": True})):
-        cfg = _cfg(data_root, tmp_path / kind, f"train.adam={kind}")
-        step = recipe.make_optimizer_step(cfg, module, 1e-3, 10)
+        train = recipe.utils.algorithm_config(
+            _cfg(data_root, tmp_path / kind, f"train.adam={kind}")
+        )[2]
+        step = adam_step(module, 1e-3, 10, adam=train.adam)
         assert all(step.optimizer.defaults[name] is value for name, value in flags.items())
     with pytest.raises(recipe.RecipeError, match="train.adam"):
-        recipe.make_optimizer_step(
-            _cfg(data_root, tmp_path / "x", "train.adam=sgd"), module, 1e-3, 1
-        )
+        recipe.utils.algorithm_config(_cfg(data_root, tmp_path / "x", "train.adam=sgd"))
+    with pytest.raises(ValueError, match="train.adam"):
+        adam_step(module, 1e-3, 1, adam="sgd")
 
 
 def test_compile_switch_compiles_losses_and_actor(recipe, data_root, tmp_path):
     cfg = _cfg(data_root, tmp_path / "run", "compile.enabled=true", "compile.mode=max-autotune")
-    assert recipe.compile_options(cfg) == {"mode": "max-autotune"}
-    assert recipe.compile_options(_cfg(data_root, tmp_path / "off")) is None
+    assert recipe.utils.compile_options(cfg.compile) == {"mode": "max-autotune"}
+    assert recipe.utils.compile_options(_cfg(data_root, tmp_path / "off").compile) is None
 
     # A compiled loss trains at two batch sizes (the second compiles with dynamic shapes).
     from tensordict import TensorDict
 
-    from torchrl_aepo import MLPNoisePredictor
-    from torchrl_aepo.objectives import DiffusionLoss
+    from torchrl_aepo.aepo import AEPOConfig, ModelConfig, TrainConfig, build_losses, build_networks
 
-    loss = recipe.maybe_compile(
-        _cfg(data_root, tmp_path / "on", "compile.enabled=true"),
-        DiffusionLoss(MLPNoisePredictor(2, 3, num_cells=(8,))),
+    options = recipe.utils.compile_options(
+        _cfg(data_root, tmp_path / "on", "compile.enabled=true").compile
     )
+    nets = build_networks(ModelConfig.small(), 3, 2)
+    loss = build_losses(nets, AEPOConfig(), TrainConfig(), compile=options).diffusion
     assert loss._compiled_call_impl is not None
     for batch in (16, 24):
         td = TensorDict(

@@ -1,23 +1,27 @@
-"""OfflineTrainer / make_aepo_stages: staged and joint schedules, checkpoints, resume, errors."""
+"""OfflineTrainer running AEPO's training plan: staged and joint schedules, checkpoints, resume, errors."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
-from torchrl.objectives import SoftUpdate
 
-from torchrl_aepo.nets import EnergyNetwork, MLPNoisePredictor, TwinQNetwork, ValueNetwork
-from torchrl_aepo.objectives import (
-    AnalyticEnergyLoss,
-    DiffusionLoss,
-    ExpectileLoss,
-    PosteriorStatistics,
+from torchrl_aepo.aepo import (
+    AEPOConfig,
+    CriticStageConfig,
+    DiffusionStageConfig,
+    EnergyStageConfig,
+    GammaTableConfig,
+    JointStageConfig,
+    ModelConfig,
+    TrainConfig,
+    build_losses,
+    build_networks,
+    build_training_plan,
 )
-from torchrl_aepo.trainer import CheckpointError, OfflineTrainer, OptimizerStep, make_aepo_stages
+from torchrl_aepo.objectives import PosteriorStatistics
+from torchrl_aepo.trainer import CheckpointError, OfflineTrainer
 
 OBS, ACT, N = 3, 1, 512
 
@@ -44,44 +48,38 @@ def _buffer(seed=0):
     return rb
 
 
+def _train_config(plan="staged", steps=None):
+    steps = steps or {"diffusion": 7, "critic": 5, "energy": 6, "joint": 9}
+    return TrainConfig(
+        plan=plan,
+        diffusion=DiffusionStageConfig(steps["diffusion"], 32, 1e-3, ema_decay=0.99),
+        critic=CriticStageConfig(steps["critic"], 32, 1e-3, target_tau=0.005),
+        gamma_table=GammaTableConfig(num_times=5, samples_per_time=16),
+        energy=EnergyStageConfig(steps["energy"], 32, 1e-3),
+        joint=JointStageConfig(steps["joint"], 32, gamma_refresh_interval=4),
+        adam="loop",
+    )
+
+
 def _setup(schedule="staged", steps=None):
+    """AEPO's plan (torchrl_aepo.aepo) as a realistic multi-stage workload of the trainer."""
     torch.manual_seed(0)
     cells = (16, 16)
-    noise = MLPNoisePredictor(ACT, OBS, num_cells=cells)
-    behaviour = copy.deepcopy(noise).requires_grad_(False)
-    qnet, vnet = TwinQNetwork(OBS, ACT, num_cells=cells), ValueNetwork(OBS, num_cells=cells)
-    energy = EnergyNetwork(ACT, OBS, num_cells=cells)
-    dloss = DiffusionLoss(noise, ema=True)
-    closs = ExpectileLoss(qnet, vnet)
+    model = ModelConfig("mlp", noise_num_cells=cells, qvalue_num_cells=cells,
+                        value_num_cells=cells, energy_num_cells=cells)  # fmt: skip
+    aepo = AEPOConfig()
+    train = _train_config(schedule, steps)
+    nets = build_networks(model, OBS, ACT)
+    losses = build_losses(nets, aepo, train)
     rb = _buffer()
-    data = rb[:]
-    steps = steps or {"diffusion": 7, "critic": 5, "energy": 6, "joint": 9}
-
-    def opt(module):
-        return OptimizerStep(torch.optim.Adam(module.parameters(), lr=1e-3))
-
-    stages, ctx = make_aepo_stages(
-        schedule=schedule,
-        steps=steps,
-        batch_sizes={"diffusion": 32, "critic": 32, "energy": 32, "joint": 32},
-        diffusion_loss=dloss,
-        diffusion_step=opt(dloss),
-        diffusion_updater=SoftUpdate(dloss, tau=0.01),
-        critic_loss=closs,
-        critic_step=opt(closs),
-        critic_updater=SoftUpdate(closs, tau=0.005),
-        estimate_gamma=lambda: PosteriorStatistics.estimate(
-            behaviour, data["observation"], data["action"], num_times=5, samples_per_time=16
-        ),
-        make_energy_loss=lambda post: AnalyticEnergyLoss(
-            energy, behaviour, closs.target_qvalue_network(), post
-        ),
-        energy_step=opt,
-        on_diffusion_done=lambda: behaviour.load_state_dict(dloss.sampling_network().state_dict()),
-        gamma_refresh_interval=4,
-    )
-    nets = {"noise": noise, "behaviour": behaviour, "energy": energy, "q": qnet}
-    return stages, ctx, rb, nets
+    plan = build_training_plan(nets, losses, rb[:], aepo=aepo, train=train)
+    named = {
+        "noise": nets.noise,
+        "behaviour": nets.behaviour,
+        "energy": nets.energy,
+        "q": nets.qvalue,
+    }
+    return plan.stages, plan, rb, named
 
 
 def _trainer(tmp_path, stages, rb, **kwargs):
@@ -109,7 +107,7 @@ def test_staged_runs_every_stage_and_checkpoints(tmp_path):
         assert (tmp_path / "checkpoints" / f"{name}.pt").exists()
     assert "diffusion/loss_diffusion" in trainer.history
     assert "energy/loss_energy" in trainer.history
-    assert isinstance(ctx["posterior"], PosteriorStatistics)
+    assert isinstance(ctx.posterior, PosteriorStatistics)
     # the sampling network received the EMA weights of the diffusion loss
     ema = stages[0].stateful()["loss"].sampling_network()
     for a, b in zip(ema.parameters(), nets["behaviour"].parameters(), strict=True):
@@ -208,27 +206,8 @@ def test_bad_arguments():
     stages, _, rb, _ = _setup()
     with pytest.raises(ValueError, match="stop_after_stage"):
         OfflineTrainer(stages, rb, run_dir=".", stop_after_stage="nope")
-    with pytest.raises(ValueError, match="schedule"):
-        make_aepo_stages(
-            schedule="nope",
-            **{
-                k: None
-                for k in (
-                    "steps",
-                    "batch_sizes",
-                    "diffusion_loss",
-                    "diffusion_step",
-                    "diffusion_updater",
-                    "critic_loss",
-                    "critic_step",
-                    "critic_updater",
-                    "estimate_gamma",
-                    "make_energy_loss",
-                    "energy_step",
-                    "on_diffusion_done",
-                )
-            },
-        )
+    with pytest.raises(ValueError, match="plan"):
+        build_training_plan(None, None, rb[:], aepo=AEPOConfig(), train=TrainConfig(plan="nope"))
     trainer = OfflineTrainer(stages, rb, run_dir=".")
     with pytest.raises(ValueError, match="hook destination"):
         trainer.register_op("nope", print)

@@ -633,7 +633,7 @@ def _build_ours_expectile(cfg: BenchConfig, batch: int) -> Built:
     from torchrl_aepo.objectives.expectile import ExpectileLoss
 
     nets = _nets(cfg)
-    loss = ExpectileLoss(nets["q"], nets["v"], expectile=0.7, gamma=0.99)
+    loss = ExpectileLoss(nets["q"], nets["v"], expectile=0.7, discount=0.99)
     updater = SoftUpdate(loss, tau=0.005)
     opt = _adam(loss.parameters(), 3e-4, cfg.optim)
     td = _td_batch(cfg, batch)
@@ -701,7 +701,7 @@ def _build_ours_full(
     nets = _nets(cfg, width=width)
     td = _td_batch(cfg, batch)
     diffusion = DiffusionLoss(nets["noise"])
-    critic = ExpectileLoss(nets["q"], nets["v"], expectile=0.7, gamma=0.99)
+    critic = ExpectileLoss(nets["q"], nets["v"], expectile=0.7, discount=0.99)
     updater = SoftUpdate(critic, tau=0.005)
     target_critic = (
         critic.target_qvalue_network() if hasattr(critic, "target_qvalue_network") else nets["q"]

@@ -1,15 +1,10 @@
-"""Offline trainer for AEPO: staged or joint schedules, hooks, checkpoints, resume.
+"""Generic offline trainer: stages, optimiser steps, hooks, checkpoints, resume.
 
-AEPO trains four things on a fixed dataset (``aepo-math.md`` §9): the behaviour diffusion
-model, the expectile critic, the ``Gamma(t)`` table of Posterior 1, and the intermediate
-energy. :class:`OfflineTrainer` runs a list of :class:`Stage` objects one after the other;
-each stage has a step budget, a step function that performs one optimisation step on a
-replay-buffer batch, and the objects it checkpoints. :func:`make_aepo_stages` builds either
-
-* the **staged** schedule ``diffusion -> critic -> gamma -> energy`` (QGPO's practice, the
-  recommended default), or
-* the **joint** schedule: one stage whose step updates all networks on the same batch
-  (Algorithm 1), refreshing the ``Gamma`` table every ``gamma_refresh_interval`` steps.
+:class:`OfflineTrainer` runs a list of :class:`Stage` objects one after the other on batches
+sampled from a TorchRL replay buffer; each stage has a step budget, a step function that
+performs one optimisation step, and the objects it checkpoints. Nothing here knows about
+AEPO: :func:`torchrl_aepo.aepo.build_training_plan` builds AEPO's stages (staged
+``diffusion -> critic -> gamma -> energy`` or one joint loop).
 
 Why not :class:`torchrl.trainers.Trainer`: it is driven by a data collector (``for batch in
 collector``; frames, ``init_random_frames``, policy-weight syncing) and steps one loss module
@@ -52,14 +47,11 @@ __all__ = [
     "Stage",
     "OfflineTrainer",
     "OptimizerStep",
-    "make_aepo_stages",
+    "adam_step",
     "config_hash",
-    "STAGED",
-    "JOINT",
+    "cosine_or_constant",
 ]
 
-STAGED = ("diffusion", "critic", "gamma", "energy")
-JOINT = ("joint",)
 CHECKPOINT_FORMAT = "torchrl-aepo-stage-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -483,182 +475,6 @@ class OfflineTrainer:
         bar.close()
 
 
-# ---------------------------------------------------------------------------------------------
-# AEPO stages
-# ---------------------------------------------------------------------------------------------
-
-
-def _metrics(td: TensorDictBase) -> dict[str, Tensor]:
-    """Scalar entries of a loss output (losses and diagnostics), detached."""
-    out = {}
-    for key, value in td.items():
-        if isinstance(value, Tensor) and value.numel() == 1:
-            out[key] = value.detach().reshape(())
-    return out
-
-
-def make_aepo_stages(
-    *,
-    schedule: str,
-    steps: Mapping[str, int],
-    batch_sizes: Mapping[str, int],
-    diffusion_loss: Any,
-    diffusion_step: OptimizerStep,
-    diffusion_updater: Any,
-    critic_loss: Any,
-    critic_step: OptimizerStep,
-    critic_updater: Any,
-    estimate_gamma: Callable[[], Any],
-    make_energy_loss: Callable[[Any], Any],
-    energy_step: Callable[[Any], OptimizerStep],
-    on_diffusion_done: Callable[[], None],
-    gamma_refresh_interval: int = 10000,
-) -> tuple[list[Stage], dict[str, Any]]:
-    """Build AEPO's training stages.
-
-    Args:
-        schedule: ``"staged"`` (diffusion, critic, gamma, energy) or ``"joint"`` (one loop).
-        steps: ``{"diffusion", "critic", "energy", "joint"}`` step budgets.
-        batch_sizes: batch size per stage name.
-        diffusion_loss: a :class:`~torchrl_aepo.DiffusionLoss`.
-        diffusion_step: its optimiser step.
-        diffusion_updater: ``SoftUpdate`` of its EMA (or ``None``).
-        critic_loss: an ``ExpectileLoss``.
-        critic_step: its optimiser step.
-        critic_updater: ``SoftUpdate`` of the target Q.
-        estimate_gamma: ``() -> PosteriorStatistics`` computed with the current sampling
-            network (called by the gamma stage, and periodically by the joint loop).
-        make_energy_loss: ``(posterior_statistics) -> AnalyticEnergyLoss``.
-        energy_step: ``(energy_loss) -> OptimizerStep`` for the energy network.
-        on_diffusion_done: copies the (EMA) diffusion weights into the sampling network used
-            by the energy target and the actor. Called when the diffusion stage is complete,
-            and in the joint loop before each Gamma refresh.
-        gamma_refresh_interval: joint schedule only.
-
-    Returns:
-        ``(stages, context)`` where ``context`` holds ``"posterior"`` (the statistics),
-        ``"energy_loss"`` and ``"energy_step"`` once built.
-    """
-    ctx: dict[str, Any] = {"posterior": None, "energy_loss": None, "energy_step": None}
-
-    def diffusion_update(batch, _step):
-        out = diffusion_loss(batch)
-        diffusion_step(out["loss_diffusion"])
-        if diffusion_updater is not None:
-            diffusion_updater.step()
-        return _metrics(out)
-
-    def critic_update(batch, _step):
-        out = critic_loss(batch)
-        critic_step(out["loss_qvalue"] + out["loss_value"])
-        critic_updater.step()
-        return _metrics(out)
-
-    def build_energy():
-        if ctx["energy_loss"] is None:
-            ctx["energy_loss"] = make_energy_loss(ctx["posterior"])
-            ctx["energy_step"] = energy_step(ctx["energy_loss"])
-
-    def energy_update(batch, _step):
-        out = ctx["energy_loss"](batch)
-        ctx["energy_step"](out["loss_energy"])
-        return _metrics(out)
-
-    class _PosteriorSlot:
-        """Checkpoints the Gamma statistics held in ``ctx``."""
-
-        def state_dict(self):
-            return ctx["posterior"].state_dict()
-
-        def load_state_dict(self, state):
-            from torchrl_aepo.objectives.posterior import PosteriorStatistics
-
-            ctx["posterior"] = PosteriorStatistics.from_state_dict(state)
-            if ctx["energy_loss"] is not None:
-                ctx["energy_loss"].update_posterior_statistics(ctx["posterior"])
-
-    def gamma_update(_batch, _step):
-        with timeit("train/gamma/estimate"):
-            ctx["posterior"] = estimate_gamma()
-        if ctx["energy_loss"] is not None:
-            ctx["energy_loss"].update_posterior_statistics(ctx["posterior"])
-        return {}
-
-    if schedule == "staged":
-        stages = [
-            Stage(
-                "diffusion",
-                int(steps["diffusion"]),
-                diffusion_update,
-                lambda: {"loss": diffusion_loss, "optim": diffusion_step},
-                batch_size=int(batch_sizes["diffusion"]),
-                finalize=on_diffusion_done,
-            ),
-            Stage(
-                "critic",
-                int(steps["critic"]),
-                critic_update,
-                lambda: {"loss": critic_loss, "optim": critic_step},
-                batch_size=int(batch_sizes["critic"]),
-            ),
-            Stage(
-                "gamma", 1, gamma_update, lambda: {"posterior": _PosteriorSlot()}, batch_size=None
-            ),
-            Stage(
-                "energy",
-                int(steps["energy"]),
-                energy_update,
-                lambda: {"loss": ctx["energy_loss"], "optim": ctx["energy_step"]},
-                batch_size=int(batch_sizes["energy"]),
-                setup=build_energy,
-            ),
-        ]
-        return stages, ctx
-
-    if schedule == "joint":
-        refresh = max(int(gamma_refresh_interval), 1)
-
-        def joint_setup():
-            # A provisional Gamma table from the untrained network so that the energy loss
-            # exists; it is refreshed at step 0 and then every `refresh` steps.
-            on_diffusion_done()
-            ctx["posterior"] = estimate_gamma()
-            build_energy()
-
-        def joint_update(batch, step):
-            metrics = {}
-            metrics.update(diffusion_update(batch, step))
-            metrics.update(critic_update(batch, step))
-            if step % refresh == 0 and step > 0:
-                on_diffusion_done()
-                gamma_update(None, step)
-            metrics.update(energy_update(batch, step))
-            return metrics
-
-        stages = [
-            Stage(
-                "joint",
-                int(steps["joint"]),
-                joint_update,
-                lambda: {
-                    "diffusion": diffusion_loss,
-                    "diffusion_optim": diffusion_step,
-                    "critic": critic_loss,
-                    "critic_optim": critic_step,
-                    "posterior": _PosteriorSlot(),
-                    "energy": ctx["energy_loss"],
-                    "energy_optim": ctx["energy_step"],
-                },
-                batch_size=int(batch_sizes["joint"]),
-                setup=joint_setup,
-                finalize=on_diffusion_done,
-            ),
-        ]
-        return stages, ctx
-
-    raise ValueError(f"train.schedule must be 'staged' or 'joint', got {schedule!r}.")
-
-
 # ----------------------------------------------------------------------------- helpers
 def _numpy_state_to_json(state: tuple) -> list:
     name, keys, pos, has_gauss, cached = state
@@ -698,3 +514,41 @@ def cosine_or_constant(optimizer: torch.optim.Optimizer, kind: str, total_steps:
             lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / max(total_steps, 1))),
         )
     raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {kind!r}.")
+
+
+ADAM_IMPLEMENTATIONS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {}}
+
+
+def adam_step(
+    module: torch.nn.Module,
+    lr: float,
+    steps: int,
+    *,
+    adam: str = "fused",
+    lr_schedule: str = "constant",
+    grad_clip: float | None = None,
+) -> OptimizerStep:
+    """An :class:`OptimizerStep` with Adam over the trainable parameters of ``module``.
+
+    Args:
+        module: the module whose ``requires_grad`` parameters are optimised.
+        lr: learning rate.
+        steps: optimiser steps the lr schedule spans.
+        adam: torch's Adam kernel (same update): ``"fused"`` (one kernel per step),
+            ``"foreach"`` or ``"loop"``.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (to 0 at ``steps``).
+        grad_clip: max global gradient norm, or ``None``.
+
+    Example:
+        >>> step = adam_step(torch.nn.Linear(2, 1), 1e-3, 100, adam="loop")
+        >>> _ = step(torch.nn.Linear(2, 1)(torch.ones(1, 2)).sum() * 0)  # no-op gradient
+    """
+    if adam not in ADAM_IMPLEMENTATIONS:
+        raise ValueError(f"train.adam must be one of {sorted(ADAM_IMPLEMENTATIONS)}, got {adam!r}.")
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=float(lr), **ADAM_IMPLEMENTATIONS[adam])
+    return OptimizerStep(
+        optimizer,
+        grad_clip=None if grad_clip is None else float(grad_clip),
+        scheduler=cosine_or_constant(optimizer, lr_schedule, int(steps)),
+    )

@@ -98,6 +98,8 @@ class OfflineMetadata:
         reward_transform / reward_scale / reward_shift: the stored rewards are
             ``r * reward_scale + reward_shift``.
         obs_loc / obs_scale: ``[obs_dim]`` observation normalisation, ``None`` if not normalized.
+        action_loc / action_scale: ``[action_dim]``: the stored actions are
+            ``(a - action_loc) / action_scale`` in ``[-1, 1]``; ``None`` if they are raw.
         observation_keys: for datasets with dict observations, the sub-keys concatenated (in this
             order) into ``observation``; ``None`` for flat observations.
         requires: extra pip packages the eval env needs.
@@ -125,6 +127,8 @@ class OfflineMetadata:
     reward_shift: float
     obs_loc: list[float] | None = None
     obs_scale: list[float] | None = None
+    action_loc: list[float] | None = None
+    action_scale: list[float] | None = None
     observation_keys: list[str] | None = None
     requires: list[str] = field(default_factory=list)
 
@@ -132,6 +136,34 @@ class OfflineMetadata:
     def observations_normalized(self) -> bool:
         """Whether the stored observations were normalized (then so must eval observations be)."""
         return self.obs_loc is not None
+
+    @property
+    def actions_normalized(self) -> bool:
+        """Whether the stored actions were mapped to ``[-1, 1]`` (then the eval env needs
+        :meth:`action_scaling_transform` to map the policy's actions back)."""
+        return self.action_loc is not None
+
+    @property
+    def policy_action_box(self) -> tuple[list[float], list[float]]:
+        """``(low, high)`` of the actions a policy trained on this data outputs."""
+        if self.actions_normalized:
+            return [-1.0] * self.action_dim, [1.0] * self.action_dim
+        return list(self.action_low), list(self.action_high)
+
+    def action_scaling_transform(self):
+        """A TorchRL ``ActionScaling`` that maps ``[-1, 1]`` policy actions to the env's box.
+
+        Raises:
+            ValueError: if the dataset was loaded with raw actions.
+        """
+        from torchrl.envs.transforms import ActionScaling
+
+        if not self.actions_normalized:
+            raise ValueError(
+                f"task {self.task!r} was loaded with raw actions (normalize_actions=False or a "
+                "[-1, 1] box); there is no action scaling to apply."
+            )
+        return ActionScaling()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict of all fields."""
@@ -484,6 +516,7 @@ def make_offline_data(
     root: str | os.PathLike | None = None,
     build_if_missing: bool = True,
     normalize_observations: bool = False,
+    normalize_actions: bool = False,
     reward_transform: str | None = None,
     device: str | torch.device = "cpu",
     seed: int | None = None,
@@ -501,6 +534,10 @@ def make_offline_data(
         normalize_observations: store ``(obs - loc) / scale`` with dataset statistics
             (``metadata.obs_loc``/``obs_scale``; apply ``metadata.observation_norm_transform()``
             to the eval env).
+        normalize_actions: when the dataset's action box is not ``[-1, 1]``, store actions
+            mapped onto it (``metadata.action_loc``/``action_scale``; apply
+            ``metadata.action_scaling_transform()`` to the eval env). The diffusion prior and
+            the posterior-mean clip of AEPO assume ``[-1, 1]`` (D4RL's convention).
         reward_transform: ``"iql_locomotion"``, ``"antmaze"`` or ``"none"``; ``None`` uses the
             task's default.
         device: device of the storage (and of the sampled batches).
@@ -542,6 +579,11 @@ def make_offline_data(
     if normalize_observations:
         loc, obs_scale = pre.observation_stats(td.get("observation"))
         pre.normalize_observations(td, loc, obs_scale)
+    action_loc = action_scale = None
+    action_low, action_high = overrides.get("action_low"), overrides.get("action_high")
+    if normalize_actions and not pre.is_unit_box(action_low, action_high):
+        action_loc, action_scale = pre.action_box(action_low, action_high)
+        pre.normalize_actions(td, action_loc, action_scale)
 
     info: dict[str, Any] = {
         "eval_env_id": spec.eval_env_id,
@@ -568,6 +610,8 @@ def make_offline_data(
         reward_shift=shift,
         obs_loc=None if loc is None else loc.tolist(),
         obs_scale=None if obs_scale is None else obs_scale.tolist(),
+        action_loc=None if action_loc is None else action_loc.tolist(),
+        action_scale=None if action_scale is None else action_scale.tolist(),
         requires=list(spec.requires),
         **info,
     )

@@ -27,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from tensordict import TensorDictBase
 
@@ -130,4 +132,37 @@ def normalize_observations(
     """In place: ``(obs - loc) / scale`` for ``observation`` and ``("next", "observation")``."""
     for key in ("observation", ("next", "observation")):
         td.set_(key, (td.get(key) - loc) / scale)
+    return td
+
+
+def action_box(low: Sequence[float], high: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loc, scale)``, each ``[action_dim]`` float32, of the affine map of ``[low, high]``
+    onto ``[-1, 1]``: ``a_unit = (a - loc) / scale`` with ``loc = (high + low) / 2``,
+    ``scale = (high - low) / 2`` (TorchRL's ``ActionScaling`` convention).
+
+    Example:
+        >>> loc, scale = action_box([-2.0], [2.0])
+        >>> loc.tolist(), scale.tolist()
+        ([0.0], [2.0])
+    """
+    low_t = torch.as_tensor(low, dtype=torch.float32).reshape(-1)
+    high_t = torch.as_tensor(high, dtype=torch.float32).reshape(-1)
+    if low_t.shape != high_t.shape or not bool((high_t > low_t).all()):
+        raise ValueError(
+            f"action box needs low < high per dimension, got low={low_t.tolist()}, "
+            f"high={high_t.tolist()}."
+        )
+    return (high_t + low_t) / 2, (high_t - low_t) / 2
+
+
+def is_unit_box(low: Sequence[float], high: Sequence[float]) -> bool:
+    """Whether ``[low, high]`` is already ``[-1, 1]`` in every dimension."""
+    low_t = torch.as_tensor(low, dtype=torch.float32)
+    high_t = torch.as_tensor(high, dtype=torch.float32)
+    return bool((low_t == -1).all() and (high_t == 1).all())
+
+
+def normalize_actions(td: TensorDictBase, loc: torch.Tensor, scale: torch.Tensor) -> TensorDictBase:
+    """In place: ``action <- (action - loc) / scale`` (the dataset's box onto ``[-1, 1]``)."""
+    td.set_("action", (td.get("action") - loc) / scale)
     return td

@@ -49,7 +49,7 @@ class ExpectileLoss(LossModule):
 
     Keyword Args:
         expectile: ``tau`` in ``(0, 1)``. Defaults to 0.7.
-        gamma: discount. Defaults to 0.99.
+        discount: the RL discount factor. Defaults to 0.99.
         loss_function: Q regression loss, ``"l2"`` (default), ``"l1"`` or ``"smooth_l1"``.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
 
@@ -113,15 +113,15 @@ class ExpectileLoss(LossModule):
         value_network: nn.Module,
         *,
         expectile: float = 0.7,
-        gamma: float = 0.99,
+        discount: float = 0.99,
         loss_function: str = "l2",
         reduction: str = "mean",
     ) -> None:
         super().__init__()
         if not 0.0 < expectile < 1.0:
             raise ValueError(f"expectile must be in (0, 1), got {expectile}.")
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {gamma}.")
+        if not 0.0 <= discount <= 1.0:
+            raise ValueError(f"discount must be in [0, 1], got {discount}.")
         if loss_function not in ("l2", "l1", "smooth_l1"):
             raise ValueError(
                 f"loss_function must be 'l2', 'l1' or 'smooth_l1', got {loss_function!r}."
@@ -133,7 +133,7 @@ class ExpectileLoss(LossModule):
         )
         self.convert_to_functional(unwrap_module(value_network), "value_network")
         self.expectile = float(expectile)
-        self.gamma = float(gamma)
+        self.discount = float(discount)
         self.loss_function = loss_function
         self.reduction = reduction
 
@@ -222,7 +222,7 @@ class ExpectileLoss(LossModule):
     ) -> tuple[Tensor, dict]:
         with torch.no_grad():
             not_done = 1.0 - done.to(reward.dtype)
-            td_target = reward + self.gamma * not_done * self.value_network(next_observation)
+            td_target = reward + self.discount * not_done * self.value_network(next_observation)
         qvalue = self.qvalue_network(observation, action)
         per_sample = distance_loss(
             qvalue, td_target.expand_as(qvalue), loss_function=self.loss_function
@@ -239,7 +239,7 @@ class ExpectileLoss(LossModule):
         return TensorDict({"loss_value": loss, **info}, batch_size=[])
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> TensorDict:
-        """``loss_qvalue`` (TD regression of both heads on ``r + gamma (1-d) V(s')``) and means."""
+        """``loss_qvalue`` (TD regression of both heads on ``r + discount (1-d) V(s')``) and means."""
         inputs = self._read(
             tensordict, "observation", "action", "reward", "done", "next_observation"
         )

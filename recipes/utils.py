@@ -1,0 +1,400 @@
+"""Plumbing of ``recipes/aepo_offline.py``: runtime, run dir, task, data, env, logger, report.
+
+Each factory takes the config group it needs (``cfg.data``, ``cfg.eval``, ...), in the style of
+TorchRL's ``sota-implementations/*/utils.py``. The algorithm itself is built by
+:mod:`torchrl_aepo.aepo`; nothing here knows how AEPO trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from torchrl_aepo.aepo import AEPOConfig, ModelConfig, TrainConfig, config_problems
+
+
+class RecipeError(RuntimeError):
+    """A user-facing configuration / data error; the CLI prints its message without a traceback."""
+
+
+# ------------------------------------------------------------------------------ configuration
+def algorithm_config(cfg: DictConfig) -> tuple[ModelConfig, AEPOConfig, TrainConfig]:
+    """The typed ``model`` / ``aepo`` / ``train`` groups, after checking every value.
+
+    Raises:
+        RecipeError: listing every invalid key of the three groups and of ``eval``.
+    """
+    try:
+        groups = (
+            ModelConfig.from_dict(cfg.model),
+            AEPOConfig.from_dict(cfg.aepo),
+            TrainConfig.from_dict(cfg.train),
+        )
+    except (KeyError, TypeError) as err:
+        raise RecipeError(str(err).strip("\"'")) from None
+    problems = config_problems(*groups) + eval_problems(cfg.eval)
+    if problems:
+        raise RecipeError(
+            f"{len(problems)} invalid setting(s), nothing was run:\n  " + "\n  ".join(problems)
+        )
+    return groups
+
+
+def eval_problems(eval_cfg: DictConfig) -> list[str]:
+    """Invalid values of the ``eval`` group."""
+    out = []
+    for key in ("episodes", "num_envs"):
+        value = eval_cfg.get(key)
+        if not isinstance(value, int) or value < 1:
+            out.append(f"eval.{key}={value!r}: must be a positive integer")
+    max_steps = eval_cfg.get("max_steps")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        out.append(f"eval.max_steps={max_steps!r}: must be a positive integer or null")
+    if eval_cfg.get("exploration") not in ("random", "deterministic"):
+        out.append(f"eval.exploration={eval_cfg.get('exploration')!r}: use random or deterministic")
+    sweep = eval_cfg.get("guidance_sweep") or []
+    if any(not isinstance(w, (int, float)) or w < 0 for w in sweep):
+        out.append(f"eval.guidance_sweep={list(sweep)}: guidance degrees must be >= 0")
+    return out
+
+
+def compile_options(compile_cfg: DictConfig) -> dict[str, Any] | None:
+    """``torch.compile`` keyword arguments from ``cfg.compile``, or ``None`` when it is off."""
+    if not bool(compile_cfg.enabled):
+        return None
+    return {} if compile_cfg.mode is None else {"mode": str(compile_cfg.mode)}
+
+
+def setup_runtime(seed: int, threads: int | None, device: str) -> torch.device:
+    """Seed torch / numpy / random, set the thread count, resolve the device."""
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    random.seed(int(seed))
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise RecipeError(f"device must be cpu, cuda, cuda:N or auto; got {device!r}.")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("device=cuda was requested but CUDA is not available; use device=cpu.")
+    return torch.device(device)
+
+
+def training_config(cfg: DictConfig) -> dict:
+    """The part of the config that determines training (hashed into the checkpoints)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    untrained = ("log_interval", "checkpoint_interval", "eval_interval", "eval_episodes",
+                 "stop_after_stage")  # fmt: skip
+    trained = ("beta", "expectile", "discount", "posterior", "clip_posterior_mean",
+               "energy_baseline")  # fmt: skip
+    return {
+        "task": c["task"],
+        "data": c["data"],
+        "model": c["model"],
+        "aepo": {k: c["aepo"][k] for k in trained},
+        "train": {k: v for k, v in c["train"].items() if k not in untrained},
+        "seed": c["seed"],
+    }
+
+
+def experiment_config(cfg: DictConfig) -> dict:
+    """The resolved config without the keys that only say where/how a run is executed."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("run_dir", "resume", "progress_bar", "logger", "hydra"):
+        c.pop(key, None)
+    return c
+
+
+# ------------------------------------------------------------------------------------ run dir
+def resolve_run_dir(run_dir: str, resume: Any) -> Path:
+    """The run directory: hydra's output dir (single or multirun) or ``run_dir``.
+
+    ``resume=true`` with no checkpoints there picks the latest unfinished run of the task;
+    ``resume=<path>`` picks that directory.
+    """
+    path = Path(run_dir)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            path = Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        pass
+    if isinstance(resume, str) and resume not in ("auto", "true", "false"):
+        target = Path(resume)
+        if not (target / "checkpoints").is_dir():
+            raise RecipeError(f"resume={resume!r}: no checkpoints directory in that run dir.")
+        return target
+    if resume is True and not (path / "checkpoints").is_dir():
+        candidates = sorted(
+            (
+                d
+                for d in path.parent.glob("*")
+                if (d / "checkpoints").is_dir() and not (d / "results.json").exists() and d != path
+            ),
+            key=lambda d: d.stat().st_mtime,
+        )
+        if not candidates:
+            raise RecipeError(
+                f"resume=true: no unfinished run with checkpoints under {path.parent}. Pass "
+                f"resume=<run dir> or run_dir=<run dir>."
+            )
+        print(f"[aepo] resume=true: continuing the latest unfinished run {candidates[-1]}")
+        return candidates[-1]
+    return path
+
+
+# ------------------------------------------------------------------------- task, data and env
+def make_task(task_cfg: DictConfig):
+    """The task's :class:`TaskSpec`, with ``dataset_id`` / ``eval_env_id`` /
+    ``max_episode_steps`` overridden where the config sets them."""
+    from torchrl_aepo.data import get_task
+
+    try:
+        spec = get_task(task_cfg.name)
+    except KeyError as err:  # UnknownTaskError: the message lists the closest task names
+        raise RecipeError(str(err)) from None
+    overrides = {
+        key: task_cfg.get(key)
+        for key in ("dataset_id", "eval_env_id", "max_episode_steps")
+        if task_cfg.get(key) is not None and task_cfg.get(key) != getattr(spec, key)
+    }
+    return dataclasses.replace(spec, **overrides) if overrides else spec
+
+
+def make_data(data_cfg: DictConfig, task, eval_env_id: str | None, device: torch.device, seed: int):
+    """TorchRL replay buffer of the dataset (TED keys, actions in ``[-1, 1]`` when
+    ``data.normalize_actions``) and its metadata.
+
+    ``eval_env_id`` (``task.eval_env_id``), when set, is the env the policy is evaluated on,
+    also for Minari datasets whose metadata names another one.
+    """
+    from torchrl_aepo.data import DatasetUnavailableError, make_offline_data
+
+    try:
+        replay_buffer, metadata = make_offline_data(
+            task,
+            root=data_cfg.root,
+            build_if_missing=bool(data_cfg.build_if_missing),
+            normalize_observations=bool(data_cfg.normalize_observations),
+            normalize_actions=bool(data_cfg.normalize_actions),
+            reward_transform=data_cfg.reward_transform,
+            device=device,
+            seed=seed,
+        )
+    except (DatasetUnavailableError, ValueError) as err:
+        raise RecipeError(str(err)) from err
+    if eval_env_id is not None and eval_env_id != metadata.eval_env_id:
+        print(
+            f"[aepo] evaluating on task.eval_env_id={eval_env_id!r} (the dataset names "
+            f"{metadata.eval_env_id!r})"
+        )
+        metadata = dataclasses.replace(metadata, eval_env_id=eval_env_id)
+    return replay_buffer, metadata
+
+
+def make_env(eval_cfg: DictConfig, metadata, num_envs: int, device: torch.device):
+    """Batched eval env (+ the dataset's ``ObservationNorm`` and ``ActionScaling``), checked
+    against the dataset: observation size, action size and action box must agree."""
+    from torchrl_aepo.data import import_eval_requirements
+    from torchrl_aepo.evaluation import make_eval_env
+
+    try:
+        import_eval_requirements(metadata)  # registers gymnasium-robotics envs, if needed
+    except ImportError as err:
+        raise RecipeError(str(err)) from err
+    transforms = []
+    if metadata.observations_normalized:
+        transforms.append(metadata.observation_norm_transform())
+    if metadata.actions_normalized:
+        transforms.append(metadata.action_scaling_transform())
+    try:
+        env = make_eval_env(
+            metadata.eval_env_id,
+            min(int(num_envs), int(eval_cfg.episodes)),
+            env_kwargs=dict(metadata.eval_env_kwargs or {}),
+            max_episode_steps=metadata.max_episode_steps,
+            transforms=transforms,
+            device=device,
+        )
+    except RuntimeError as err:
+        raise RecipeError(str(err)) from err
+    check_env_matches_data(env, metadata)
+    return env
+
+
+def check_env_matches_data(env, metadata) -> None:
+    """Refuse an eval env whose observation size, action size or action box is not the data's."""
+    obs = env.observation_spec["observation"].shape[-1]
+    base_action = env.base_env.action_spec if hasattr(env, "base_env") else env.action_spec
+    action_dim = base_action.shape[-1]
+    problems = []
+    if obs != metadata.obs_dim:
+        problems.append(f"observation size {obs} (dataset: {metadata.obs_dim})")
+    if action_dim != metadata.action_dim:
+        problems.append(f"action size {action_dim} (dataset: {metadata.action_dim})")
+    else:
+        low = base_action.space.low.reshape(-1)[-action_dim:].cpu().tolist()
+        high = base_action.space.high.reshape(-1)[-action_dim:].cpu().tolist()
+        if not (np.allclose(low, metadata.action_low) and np.allclose(high, metadata.action_high)):
+            problems.append(
+                f"action box [{low}, {high}] (dataset: [{metadata.action_low}, "
+                f"{metadata.action_high}])"
+            )
+    if problems:
+        raise RecipeError(
+            f"The eval env {metadata.eval_env_id!r} does not match the dataset "
+            f"{metadata.dataset_id!r}: {'; '.join(problems)}. Set task.eval_env_id to the env the "
+            "data was collected on."
+        )
+
+
+def eval_kwargs(eval_cfg: DictConfig, metadata, episodes: int) -> dict:
+    """Keyword arguments of :func:`~torchrl_aepo.evaluation.guidance_sweep`."""
+    from torchrl_aepo.data import normalized_score
+
+    return {
+        "episodes": int(episodes),
+        "max_steps": int(eval_cfg.max_steps or metadata.max_episode_steps),
+        "seed": int(eval_cfg.seed),
+        "normalize": lambda returns: np.atleast_1d(normalized_score(metadata, np.asarray(returns))),
+        "exploration": str(eval_cfg.exploration),
+    }
+
+
+# ------------------------------------------------------------------------------------- logger
+def make_logger(logger_cfg: DictConfig, run_dir: Path, config: dict | None = None):
+    """A TorchRL logger (csv | tensorboard | wandb) writing under ``run_dir/logs``, or None."""
+    from torchrl.record.loggers import get_logger
+
+    backend = logger_cfg.backend
+    if backend in (None, "none", ""):
+        return None
+    log_dir = str(run_dir / "logs")
+    if backend == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise RecipeError(
+                "logger=tensorboard needs the tensorboard package: `pip install tensorboard`, "
+                "or use logger=csv (default) / logger=wandb."
+            ) from None
+    if backend == "wandb":
+        mode = logger_cfg.get("mode", "offline")
+        wandb_kwargs = {"project": logger_cfg.project, "mode": mode, "offline": mode == "offline",
+                        "config": config}  # fmt: skip
+        if logger_cfg.get("entity"):
+            wandb_kwargs["entity"] = logger_cfg.entity
+        return get_logger("wandb", log_dir, logger_cfg.exp_name, wandb_kwargs=wandb_kwargs)
+    if backend not in ("csv", "tensorboard"):
+        raise RecipeError(
+            f"logger.backend must be csv, tensorboard, wandb or none; got {backend!r}."
+        )
+    return get_logger(backend, log_dir, logger_cfg.exp_name)
+
+
+def close_logger(logger) -> None:
+    """Finish a wandb run (other TorchRL loggers need no closing)."""
+    experiment = getattr(logger, "experiment", None)
+    if experiment is not None and hasattr(experiment, "finish"):
+        experiment.finish()
+
+
+# ------------------------------------------------------------------------------------- report
+def stage_timings(stages: dict) -> dict:
+    """``{stage: {seconds, updates_per_s, steps, skipped}}`` from the trainer summary."""
+    keys = ("seconds", "updates_per_s", "steps", "skipped")
+    return {name: {k: record[k] for k in keys} for name, record in stages.items()}
+
+
+def timeit_summary() -> dict:
+    """TorchRL ``timeit`` registry as ``{name: {mean_s, total_s, count}}``."""
+    from torchrl._utils import timeit
+
+    return {k: {"mean_s": v[0], "total_s": v[1], "count": v[2]} for k, v in timeit._REG.items()}
+
+
+def write_results(results: dict, path: Path) -> None:
+    """``results.json`` (numbers, tensors and arrays as JSON; non-finite floats as ``null``)."""
+    with open(path, "w") as f:
+        json.dump(jsonable(results), f, indent=2)
+
+
+def print_report(results: dict, table: str) -> None:
+    """The end-of-run summary on stdout."""
+    f, b = results["final"], results["behaviour"]
+    t = results["timings"]
+    stages = ", ".join(
+        f"{k} {v['seconds']:.0f} s" + (" (restored)" if v["skipped"] else "")
+        for k, v in t["stages"].items()
+    )
+    data = results["dataset"]
+    bd = results["best"]["during_training"]
+    print("\n" + "=" * 78)
+    print(f"AEPO on {results['task']} ({data['id']}, {data['num_transitions']} transitions)")
+    print(
+        f"  final policy  w={f['guidance']:g}: normalized score {f['normalized_mean']:.1f} ± "
+        f"{f['normalized_std']:.1f}  (return {f['return_mean']:.1f} ± {f['return_std']:.1f}, "
+        f"{len(f['returns'])} episodes)"
+    )
+    print(
+        f"  behaviour     w=0: normalized score {b['normalized_mean']:.1f} ± "
+        f"{b['normalized_std']:.1f}  (return {b['return_mean']:.1f} ± {b['return_std']:.1f})"
+    )
+    print(f"  best during training: {bd['normalized_score']:.1f} at step {bd['step']}")
+    print("  guidance sweep (same env seeds):")
+    print("    " + table.replace("\n", "\n    "))
+    print(
+        f"  wall time {t['total_seconds']:.0f} s: data {t['data_seconds']:.0f} s, {stages}, "
+        f"eval {t['eval_seconds']:.0f} s"
+    )
+    print(f"  results: {results['run_dir']}/results.json")
+    print("=" * 78)
+
+
+def versions() -> dict:
+    """Versions of Python and the stack, for results.json."""
+    import tensordict
+    import torchrl
+
+    import torchrl_aepo
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchrl": torchrl.__version__,
+        "tensordict": tensordict.__version__,
+        "torchrl_aepo": getattr(torchrl_aepo, "__version__", "?"),
+    }
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with tensors, arrays and numpy scalars as plain JSON values."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def set_offline_defaults() -> None:
+    """Fail fast instead of retrying without network (HF hub)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
