@@ -14,8 +14,8 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 import torchrl_aepo.actor as actor_module
 from torchrl_aepo import EnergyNetwork, MLPNoisePredictor, TwinQNetwork, VPSchedule
 from torchrl_aepo.actor import AEPOActor
+from torchrl_aepo.diffusion.guidance import guided_noise
 from torchrl_aepo.diffusion.solver import DPMSolver
-from torchrl_aepo.guidance import guided_noise
 
 # Oracle of aepo-math §5.5: behaviour N(C, V I), linear critic Q = q . a, tilt N(C + BETA V q, V I).
 C = torch.tensor([0.2, -0.1, 0.3])

@@ -13,7 +13,7 @@ from torchrl_aepo.data import (
     normalized_score,
 )
 from torchrl_aepo.diffusion import DPMSolver, VPSchedule
-from torchrl_aepo.guidance import guided_noise
+from torchrl_aepo.diffusion.guidance import guided_noise
 from torchrl_aepo.nets import (
     EnergyNetwork,
     GaussianFourierEmbedding,

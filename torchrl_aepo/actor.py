@@ -5,7 +5,7 @@
 ``[*B, s]`` and writes ``action`` ``[*B, d]``. Its forward draws ``a_T ~ N(0, I)`` and integrates
 the probability-flow ODE with a :class:`~torchrl_aepo.diffusion.DPMSolver`, replacing the
 behaviour noise prediction at every model evaluation (intermediate solver points included) by
-the guided, optionally rescaled, noise of :func:`~torchrl_aepo.guidance.guided_noise`:
+the guided, optionally rescaled, noise of :func:`~torchrl_aepo.diffusion.guidance.guided_noise`:
 
 .. math::
 
@@ -29,9 +29,11 @@ from torchrl.data import Bounded, Composite, TensorSpec, Unbounded
 from torchrl.envs.utils import ExplorationType, exploration_type
 from torchrl.modules import SafeModule
 
+from torchrl_aepo.autograd import value_and_input_gradient
+from torchrl_aepo.diffusion.guidance import guided_noise
 from torchrl_aepo.diffusion.schedule import VPSchedule
 from torchrl_aepo.diffusion.solver import DPMSolver
-from torchrl_aepo.guidance import guided_noise
+from torchrl_aepo.nets import ActionGradientContextNetwork, SamplingContextNetwork
 
 __all__ = ["AEPOActor"]
 
@@ -143,13 +145,14 @@ class _GuidedSampler(nn.Module):
 
     def _autograd_free(self) -> bool:
         """Whether sampling needs no autograd (context networks, hand-written energy gradient)."""
-        if not hasattr(self.noise_network, "sampling_context"):
+        if not isinstance(self.noise_network, SamplingContextNetwork):
             return False
         if not self.guided:
             return True
         energy = self.energy_network
-        return hasattr(energy, "sampling_context") and not getattr(
-            energy, "action_gradient_needs_autograd", True
+        return (
+            isinstance(energy, ActionGradientContextNetwork)
+            and not energy.action_gradient_needs_autograd
         )
 
     def _check_observation(self, observation: Tensor) -> None:
@@ -209,7 +212,7 @@ class _GuidedSampler(nn.Module):
         times = self.solver.eval_times
         nfe = len(times)
         calls = itertools.count()
-        noise = _network_eval(self.noise_network, obs, times, "forward_context")
+        noise = _network_eval(self.noise_network, obs, times)
         if guidance is None:
             return lambda x, t: noise(x, t, next(calls) % nfe)
         energy_grad = _energy_gradient_eval(self.energy_network, obs, times)
@@ -579,13 +582,12 @@ def _compiled_denoise(options: dict[str, Any]) -> Callable[..., Tensor]:
 
 
 def _network_eval(
-    network: nn.Module, obs: Tensor, times: Sequence[float], method: str
+    network: nn.Module, obs: Tensor, times: Sequence[float]
 ) -> Callable[[Tensor, Tensor, int], Tensor]:
     """``(x, t, index) -> network output``, through a sampling context when the network has one."""
-    if hasattr(network, "sampling_context") and hasattr(network, method):
+    if isinstance(network, SamplingContextNetwork):
         context = network.sampling_context(obs, times)
-        evaluate = getattr(network, method)
-        return lambda x, t, i: evaluate(x, i, context)
+        return lambda x, t, i: network.forward_context(x, i, context)
     return lambda x, t, i: network(x, t, obs)
 
 
@@ -593,14 +595,12 @@ def _energy_gradient_eval(
     network: nn.Module, obs: Tensor, times: Sequence[float]
 ) -> Callable[[Tensor, Tensor, int], Tensor]:
     """``(x, t, index) -> grad_x f(x, t, obs)``; one autograd call for networks without a context."""
-    if hasattr(network, "sampling_context") and hasattr(network, "action_gradient_context"):
-        return _network_eval(network, obs, times, "action_gradient_context")
+    if isinstance(network, ActionGradientContextNetwork):
+        context = network.sampling_context(obs, times)
+        return lambda x, t, i: network.action_gradient_context(x, i, context)
 
     def gradient(x: Tensor, t: Tensor, i: int) -> Tensor:
-        with torch.enable_grad():  # one autograd call for the whole batch
-            x_in = x.detach().requires_grad_(True)
-            (grad_f,) = torch.autograd.grad(network(x_in, t, obs).sum(), x_in)
-        return grad_f
+        return value_and_input_gradient(lambda x_in: network(x_in, t, obs), x)[1]
 
     return gradient
 

@@ -25,13 +25,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
 from torchrl.modules import MLP
 
+from torchrl_aepo.autograd import value_and_input_gradient
+
 __all__ = [
+    "ActionGradientContextNetwork",
+    "SamplingContextNetwork",
     "GaussianFourierEmbedding",
     "UMLPNoisePredictor",
     "MLPNoisePredictor",
@@ -43,6 +48,36 @@ __all__ = [
     "value_module",
     "energy_module",
 ]
+
+
+@runtime_checkable
+class SamplingContextNetwork(Protocol):
+    """A network with a sampling fast path (:class:`UMLPNoisePredictor`, :class:`EnergyNetwork`).
+
+    :class:`~torchrl_aepo.AEPOActor` evaluates such networks through a context computed once
+    per sampling call from the observations and the solver's evaluation times, then by the
+    index of the evaluation; any other network is called as ``net(a_t, t, s)``.
+    """
+
+    def sampling_context(self, observation: Tensor, times: Sequence[float]) -> dict:
+        """Observation- and time-only work for ``observation [N, s]`` at ``times``."""
+        ...
+
+    def forward_context(self, noisy_action: Tensor, index: int, context: dict) -> Tensor:
+        """The network's output at ``(noisy_action [N, d], times[index], observation)``."""
+        ...
+
+
+@runtime_checkable
+class ActionGradientContextNetwork(SamplingContextNetwork, Protocol):
+    """A :class:`SamplingContextNetwork` that also gives ``grad_{a_t}`` of its scalar output."""
+
+    #: whether :meth:`action_gradient_context` needs autograd (else it is hand-written)
+    action_gradient_needs_autograd: bool
+
+    def action_gradient_context(self, noisy_action: Tensor, index: int, context: dict) -> Tensor:
+        """``grad_{a_t} f(s, a_t, times[index])`` ``[N, d]`` with a :meth:`sampling_context`."""
+        ...
 
 
 def _check_last_dim(name: str, x: Tensor, expected: int) -> None:
@@ -418,10 +453,9 @@ class EnergyNetwork(nn.Module):
         layout uses ``torch.autograd.grad`` of :meth:`forward_context`.
         """
         if self.action_gradient_needs_autograd:
-            with torch.enable_grad():
-                x = noisy_action.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(self.forward_context(x, index, context).sum(), x)
-            return grad
+            return value_and_input_gradient(
+                lambda x: self.forward_context(x, index, context), noisy_action
+            )[1]
         linears = self._layers()[0]
         derivatives = []
         z = self._first_layer(noisy_action, index, context)

@@ -135,6 +135,23 @@ class VPSchedule:
         alpha, sigma = self.alpha_sigma(t)
         return alpha * a0 + sigma * noise
 
+    def posterior_mean(self, noisy: Tensor, noise_prediction: Tensor, t: Tensor) -> Tensor:
+        """Tweedie's posterior mean ``mu_{0|t} = (a_t - sigma_t eps_theta) / alpha_t`` (Eq. 18).
+
+        Args:
+            noisy: ``a_t`` ``[*B, d]``.
+            noise_prediction: ``eps_theta(a_t, t, s)`` ``[*B, d]`` (``+eps`` convention).
+            t: diffusion times broadcastable to ``noisy``, usually ``[*B, 1]``.
+
+        Example:
+            >>> s = VPSchedule()
+            >>> t, a0, eps = torch.full((1, 1), 0.3), torch.ones(1, 2), torch.randn(1, 2)
+            >>> torch.allclose(s.posterior_mean(s.add_noise(a0, t, eps), eps, t), a0, atol=1e-6)
+            True
+        """
+        alpha, sigma = self.alpha_sigma(t)
+        return (noisy - sigma * noise_prediction) / alpha
+
     def time_grid(
         self,
         num_steps: int,

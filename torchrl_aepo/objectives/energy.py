@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import _reduce
 
+from torchrl_aepo.autograd import value_and_input_gradient
 from torchrl_aepo.diffusion.schedule import VPSchedule
 from torchrl_aepo.objectives.common import frozen_view, get_input, unwrap_module
 from torchrl_aepo.objectives.posterior import PosteriorStatistics
@@ -138,11 +139,10 @@ class EnergyLossBase(LossModule):
         One autograd call on a fresh ``requires_grad`` copy of ``action`` (§13.3); the critic
         has no parameters here, so only the input gradient is computed.
         """
-        with torch.enable_grad():
-            action = action.detach().requires_grad_(True)
-            qvalue = self.qvalue_network(observation.detach(), action).min(-1, keepdim=True)[0]
-            (grad,) = torch.autograd.grad(qvalue.sum(), action)
-        return qvalue.detach(), grad
+        observation = observation.detach()
+        return value_and_input_gradient(
+            lambda a: self.qvalue_network(observation, a).min(-1, keepdim=True)[0], action
+        )
 
     def _regress(
         self, observation: Tensor, noisy_action: Tensor, time: Tensor, target: Tensor
@@ -275,9 +275,9 @@ class AnalyticEnergyLoss(EnergyLossBase):
     def _target(
         self, observation: Tensor, action: Tensor, time: Tensor, noise: Tensor
     ) -> dict[str, Tensor]:
-        alpha, sigma = self.schedule.alpha_sigma(time)
-        noisy_action = alpha * action + sigma * noise
-        mean = (noisy_action - sigma * self.noise_network(noisy_action, time, observation)) / alpha
+        noisy_action = self.schedule.add_noise(action, time, noise)
+        eps = self.noise_network(noisy_action, time, observation)
+        mean = self.schedule.posterior_mean(noisy_action, eps, time)
         if self.clip_posterior_mean is None:
             mean_clipped = torch.zeros_like(mean, dtype=torch.bool)
         else:

@@ -264,9 +264,9 @@ class DPSEnergyLoss(_TargetRegressionLoss):
     def _target(
         self, observation: Tensor, action: Tensor, time: Tensor, noise: Tensor
     ) -> dict[str, Tensor]:
-        alpha, sigma = self.schedule.alpha_sigma(time)
-        noisy_action = alpha * action + sigma * noise
-        mean = (noisy_action - sigma * self.noise_network(noisy_action, time, observation)) / alpha
+        noisy_action = self.schedule.add_noise(action, time, noise)
+        eps = self.noise_network(noisy_action, time, observation)
+        mean = self.schedule.posterior_mean(noisy_action, eps, time)
         clipped = mean
         if self.clip_posterior_mean is not None:
             clipped = mean.clamp(*self.clip_posterior_mean)

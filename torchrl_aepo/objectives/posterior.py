@@ -271,10 +271,9 @@ class PosteriorStatistics(nn.Module):
             data_index = torch.randint(num_data, rows.shape, generator=generator, device=device)
             a0, s = actions[data_index], observations[data_index]
             noise = torch.randn(a0.shape, generator=generator, device=device, dtype=dtype)
-            alpha, sigma = schedule.alpha_sigma(t)
-            noisy = alpha * a0 + sigma * noise
+            noisy = schedule.add_noise(a0, t, noise)
             predicted = network(noisy, t, s)
-            mean = (noisy - sigma * predicted) / alpha
+            mean = schedule.posterior_mean(noisy, predicted, t)
             terms = torch.stack(
                 [
                     (noise - predicted).pow(2).sum(-1),
