@@ -1,6 +1,17 @@
 """torchrl-aepo: Analytic Energy-guided Policy Optimization (AEPO) for offline RL, TorchRL-native."""
 
 from torchrl_aepo.actor import AEPOActor
+from torchrl_aepo.aepo import (
+    AEPOConfig,
+    ModelConfig,
+    TrainConfig,
+    TrainingPlan,
+    build_actor,
+    build_energy_loss,
+    build_losses,
+    build_networks,
+    build_training_plan,
+)
 from torchrl_aepo.data import (
     TASKS,
     DatasetUnavailableError,
@@ -28,12 +39,17 @@ from torchrl_aepo.nets import (
 )
 from torchrl_aepo.objectives import (
     AnalyticEnergyLoss,
+    CEPEnergyLoss,
     DiffusionLoss,
+    DPSEnergyLoss,
     EnergyLossBase,
     ExpectileLoss,
+    MSEEnergyLoss,
     PosteriorStatistics,
+    TargetRegressionEnergyLoss,
     frozen_view,
 )
+from torchrl_aepo.trainer import OfflineTrainer, OptimizerStep, Stage
 
 __version__ = "0.1.0"
 
@@ -57,8 +73,25 @@ __all__ = [
     "ExpectileLoss",
     "PosteriorStatistics",
     "EnergyLossBase",
+    "TargetRegressionEnergyLoss",
     "AnalyticEnergyLoss",
+    "MSEEnergyLoss",
+    "DPSEnergyLoss",
+    "CEPEnergyLoss",
     "frozen_view",
+    # the algorithm (torchrl_aepo.aepo) and the trainer
+    "AEPOConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "TrainingPlan",
+    "build_networks",
+    "build_losses",
+    "build_energy_loss",
+    "build_training_plan",
+    "build_actor",
+    "OfflineTrainer",
+    "OptimizerStep",
+    "Stage",
     # actor
     "guided_noise",
     "AEPOActor",

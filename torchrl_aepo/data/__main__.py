@@ -36,8 +36,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _expand(names: list[str]) -> list[str]:
-    from torchrl_aepo.data.builders import LOCAL_FAMILIES
-    from torchrl_aepo.data.tasks import QUALITIES
+    from torchrl_aepo.data.builders import LOCAL_FAMILIES, QUALITIES
 
     out = []
     for name in names:

@@ -53,10 +53,14 @@ __all__ = [
     "LOCAL_FAMILIES",
     "BehaviourNoise",
     "LocalFamily",
+    "QUALITIES",
     "build_local_dataset",
     "local_dataset_id",
     "reference_scores",
 ]
+
+#: Dataset quality levels of the locally built datasets, in D4RL's naming.
+QUALITIES: tuple[str, ...] = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
 # Bump when the collection logic changes, so cached datasets are rebuilt.
 BUILDER_VERSION = 1
@@ -163,13 +167,13 @@ def local_dataset_id(family: str, quality: str) -> str:
 
 
 def _parse_local_name(name: str) -> tuple[LocalFamily, str]:
-    from torchrl_aepo.data.tasks import get_task, list_tasks
-
-    spec = get_task(name)
-    if spec.backend != "local":
-        local = ", ".join(list_tasks(backend="local"))
-        raise ValueError(f"{name!r} is not a local task; local tasks are: {local}")
-    return LOCAL_FAMILIES[spec.family], spec.quality
+    """``"<family>-<quality>"`` -> (family, quality), e.g. ``"pendulum-medium-replay"``."""
+    for family in LOCAL_FAMILIES.values():
+        quality = name.removeprefix(f"{family.name}-")
+        if quality != name and quality in QUALITIES:
+            return family, quality
+    local = ", ".join(f"{f}-{q}" for f in LOCAL_FAMILIES for q in QUALITIES)
+    raise ValueError(f"{name!r} is not a local task; local tasks are: {local}")
 
 
 def _collect(

@@ -31,6 +31,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from torchrl_aepo.data.builders import LOCAL_FAMILIES, QUALITIES, local_dataset_id
+
 __all__ = [
     "PAPER_TASKS",
     "QUALITIES",
@@ -45,8 +47,6 @@ __all__ = [
 Backend = Literal["d4rl", "minari", "local"]
 RewardTransform = Literal["iql_locomotion", "antmaze", "none"]
 
-#: Dataset quality levels of the locally built datasets, in D4RL's naming.
-QUALITIES: tuple[str, ...] = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
 _ROBOTICS = ("gymnasium-robotics",)
 # pip name -> import name, for packages whose import registers gymnasium envs.
@@ -175,182 +175,140 @@ _ADROIT = {
 _MAZE_EVAL_KWARGS = {"continuing_task": True, "reset_target": False}
 
 
-def _paper_tasks() -> list[TaskSpec]:
+def _d4rl_and_minari(
+    d4rl_name: str, minari_name: str, ref: tuple[float, float], notes: str = "", **common: Any
+) -> list[TaskSpec]:
+    """A paper task under its D4RL name and its Minari port (same data, same eval env).
+
+    The D4RL entry carries D4RL's reference scores and names the port as its alternative;
+    the Minari entry takes its reference scores from the dataset's metadata at load time.
+    """
+    return [
+        TaskSpec(
+            name=d4rl_name,
+            backend="d4rl",
+            dataset_id=d4rl_name,
+            ref_min_score=ref[0],
+            ref_max_score=ref[1],
+            alternative=minari_name,
+            notes=notes,
+            **common,
+        ),
+        TaskSpec(name=minari_name, backend="minari", dataset_id=minari_name, **common),
+    ]
+
+
+def _locomotion_tasks() -> list[TaskSpec]:
+    # D4RL v2 (mujoco-py -v3 data, evaluated on -v4) and Minari's re-collection on -v5: not
+    # the same data, so not each other's alternative.
     tasks = []
     for env, gym_name in _LOCOMOTION_ENVS.items():
         lo, hi = _D4RL_REF[env]
-        for quality in ("medium", "medium-replay", "medium-expert"):
-            tasks.append(
-                TaskSpec(
-                    name=f"{env}-{quality}-v2",
-                    backend="d4rl",
-                    dataset_id=f"{env}-{quality}-v2",
-                    eval_env_id=f"{gym_name}-v4",
-                    reward_transform="iql_locomotion",
-                    max_episode_steps=1000,
-                    ref_min_score=lo,
-                    ref_max_score=hi,
-                    family="locomotion",
-                    quality=quality,
-                    notes="D4RL v2 data came from mujoco-py -v3 envs; -v4 has the same XML.",
+        for backend, qualities, name, version, notes in (
+            ("d4rl", ("medium", "medium-replay", "medium-expert"), "{env}-{q}-v2", "v4",
+             "D4RL v2 data came from mujoco-py -v3 envs; -v4 has the same XML."),
+            ("minari", ("simple", "medium", "expert"), "mujoco/{env}/{q}-v0", "v5",
+             "Minari re-collection on gymnasium v5 envs; not D4RL v2 data."),
+        ):  # fmt: skip
+            for quality in qualities:
+                task = name.format(env=env, q=quality)
+                tasks.append(
+                    TaskSpec(
+                        name=task,
+                        backend=backend,
+                        dataset_id=task,
+                        eval_env_id=f"{gym_name}-{version}",
+                        reward_transform="iql_locomotion",
+                        ref_min_score=lo if backend == "d4rl" else None,
+                        ref_max_score=hi if backend == "d4rl" else None,
+                        family="locomotion",
+                        quality=quality,
+                        notes=notes,
+                    )
                 )
-            )
+    return tasks
+
+
+def _maze2d_tasks() -> list[TaskSpec]:
+    tasks = []
     for size, (maze, horizon) in _MAZE_SIZES.items():
         for dense in (False, True):
             suffix = "-dense" if dense else ""
-            lo, hi = _D4RL_REF[f"maze2d-{size}{suffix}"]
-            tasks.append(
-                TaskSpec(
-                    name=f"maze2d-{size}{suffix}-v1",
-                    backend="d4rl",
-                    dataset_id=f"maze2d-{size}{suffix}-v1",
-                    eval_env_id=f"PointMaze_{maze}{'Dense' if dense else ''}-v3",
-                    eval_env_kwargs=dict(_MAZE_EVAL_KWARGS),
-                    reward_transform="none",
-                    max_episode_steps=horizon,
-                    ref_min_score=lo,
-                    ref_max_score=hi,
-                    requires=_ROBOTICS,
-                    family="maze2d",
-                    quality="dense" if dense else "sparse",
-                    alternative=f"D4RL/pointmaze/{size}{suffix}-v2",
-                    notes="PointMaze observations are dicts (observation, desired_goal, ...).",
-                )
-            )
-    lo, hi = _D4RL_REF["antmaze"]
-    for quality, (env, maze, horizon) in _ANTMAZE.items():
-        tasks.append(
-            TaskSpec(
-                name=f"antmaze-{quality}-v2",
-                backend="d4rl",
-                dataset_id=f"antmaze-{quality}-v2",
-                eval_env_id=f"AntMaze_{env}-v4",
-                eval_env_kwargs={"maze_map": _ANTMAZE_MAPS[maze], **_MAZE_EVAL_KWARGS},
-                reward_transform="antmaze",
+            tasks += _d4rl_and_minari(
+                f"maze2d-{size}{suffix}-v1",
+                f"D4RL/pointmaze/{size}{suffix}-v2",
+                _D4RL_REF[f"maze2d-{size}{suffix}"],
+                notes="PointMaze observations are dicts (observation, desired_goal, ...).",
+                eval_env_id=f"PointMaze_{maze}{'Dense' if dense else ''}-v3",
+                eval_env_kwargs=dict(_MAZE_EVAL_KWARGS),
                 max_episode_steps=horizon,
-                ref_min_score=lo,
-                ref_max_score=hi,
                 requires=_ROBOTICS,
-                family="antmaze",
-                quality=quality,
-                alternative=f"D4RL/antmaze/{quality}-v1",
-                notes="Eval maze = D4RL's test maze (fixed start/goal); gymnasium-robotics "
-                "observations are (observation, achieved_goal, desired_goal) dicts.",
-            )
-        )
-    for hand, (gym_name, horizon) in _ADROIT.items():
-        lo, hi = _D4RL_REF[hand]
-        for quality in ("human", "cloned", "expert"):
-            tasks.append(
-                TaskSpec(
-                    name=f"{hand}-{quality}-v1",
-                    backend="d4rl",
-                    dataset_id=f"{hand}-{quality}-v1",
-                    eval_env_id=f"AdroitHand{gym_name}-v1",
-                    reward_transform="none",
-                    max_episode_steps=horizon,
-                    ref_min_score=lo,
-                    ref_max_score=hi,
-                    requires=_ROBOTICS,
-                    family="adroit",
-                    quality=quality,
-                    alternative=f"D4RL/{hand}/{quality}-v2",
-                )
+                family="maze2d",
+                quality="dense" if dense else "sparse",
             )
     return tasks
 
 
-def _minari_tasks() -> list[TaskSpec]:
+def _antmaze_tasks() -> list[TaskSpec]:
     tasks = []
-    for env, gym_name in _LOCOMOTION_ENVS.items():
-        for quality in ("simple", "medium", "expert"):
-            tasks.append(
-                TaskSpec(
-                    name=f"mujoco/{env}/{quality}-v0",
-                    backend="minari",
-                    dataset_id=f"mujoco/{env}/{quality}-v0",
-                    eval_env_id=f"{gym_name}-v5",
-                    reward_transform="iql_locomotion",
-                    max_episode_steps=1000,
-                    family="locomotion",
-                    quality=quality,
-                    notes="Minari re-collection on gymnasium v5 envs; not D4RL v2 data.",
-                )
-            )
-    for size, (maze, horizon) in _MAZE_SIZES.items():
-        for dense in (False, True):
-            suffix = "-dense" if dense else ""
-            tasks.append(
-                TaskSpec(
-                    name=f"D4RL/pointmaze/{size}{suffix}-v2",
-                    backend="minari",
-                    dataset_id=f"D4RL/pointmaze/{size}{suffix}-v2",
-                    eval_env_id=f"PointMaze_{maze}{'Dense' if dense else ''}-v3",
-                    eval_env_kwargs=dict(_MAZE_EVAL_KWARGS),
-                    max_episode_steps=horizon,
-                    requires=_ROBOTICS,
-                    family="maze2d",
-                    quality="dense" if dense else "sparse",
-                )
-            )
     for quality, (env, maze, horizon) in _ANTMAZE.items():
-        tasks.append(
-            TaskSpec(
-                name=f"D4RL/antmaze/{quality}-v1",
-                backend="minari",
-                dataset_id=f"D4RL/antmaze/{quality}-v1",
-                eval_env_id=f"AntMaze_{env}-v4",
-                eval_env_kwargs={"maze_map": _ANTMAZE_MAPS[maze], **_MAZE_EVAL_KWARGS},
-                reward_transform="antmaze",
-                max_episode_steps=horizon,
-                requires=_ROBOTICS,
-                family="antmaze",
-                quality=quality,
-            )
+        tasks += _d4rl_and_minari(
+            f"antmaze-{quality}-v2",
+            f"D4RL/antmaze/{quality}-v1",
+            _D4RL_REF["antmaze"],
+            notes="Eval maze = D4RL's test maze (fixed start/goal); gymnasium-robotics "
+            "observations are (observation, achieved_goal, desired_goal) dicts.",
+            eval_env_id=f"AntMaze_{env}-v4",
+            eval_env_kwargs={"maze_map": _ANTMAZE_MAPS[maze], **_MAZE_EVAL_KWARGS},
+            reward_transform="antmaze",
+            max_episode_steps=horizon,
+            requires=_ROBOTICS,
+            family="antmaze",
+            quality=quality,
         )
+    return tasks
+
+
+def _adroit_tasks() -> list[TaskSpec]:
+    tasks = []
     for hand, (gym_name, horizon) in _ADROIT.items():
         for quality in ("human", "cloned", "expert"):
-            tasks.append(
-                TaskSpec(
-                    name=f"D4RL/{hand}/{quality}-v2",
-                    backend="minari",
-                    dataset_id=f"D4RL/{hand}/{quality}-v2",
-                    eval_env_id=f"AdroitHand{gym_name}-v1",
-                    max_episode_steps=horizon,
-                    requires=_ROBOTICS,
-                    family="adroit",
-                    quality=quality,
-                )
+            tasks += _d4rl_and_minari(
+                f"{hand}-{quality}-v1",
+                f"D4RL/{hand}/{quality}-v2",
+                _D4RL_REF[hand],
+                eval_env_id=f"AdroitHand{gym_name}-v1",
+                max_episode_steps=horizon,
+                requires=_ROBOTICS,
+                family="adroit",
+                quality=quality,
             )
     return tasks
 
 
 def _local_tasks() -> list[TaskSpec]:
-    # Imported here: builders imports gymnasium, which the task table itself does not need.
-    from torchrl_aepo.data.builders import LOCAL_FAMILIES, local_dataset_id
-
-    tasks = []
-    for family in LOCAL_FAMILIES.values():
-        for quality in QUALITIES:
-            tasks.append(
-                TaskSpec(
-                    name=f"{family.name}-{quality}",
-                    backend="local",
-                    dataset_id=local_dataset_id(family.name, quality),
-                    eval_env_id=family.env_id,
-                    reward_transform="iql_locomotion",
-                    max_episode_steps=family.max_episode_steps,
-                    family=family.name,
-                    quality=quality,
-                    notes=family.description,
-                )
-            )
-    return tasks
+    return [
+        TaskSpec(
+            name=f"{family.name}-{quality}",
+            backend="local",
+            dataset_id=local_dataset_id(family.name, quality),
+            eval_env_id=family.env_id,
+            reward_transform="iql_locomotion",
+            max_episode_steps=family.max_episode_steps,
+            family=family.name,
+            quality=quality,
+            notes=family.description,
+        )
+        for family in LOCAL_FAMILIES.values()
+        for quality in QUALITIES
+    ]
 
 
 def _build_table() -> dict[str, TaskSpec]:
     table: dict[str, TaskSpec] = {}
-    for spec in (*_paper_tasks(), *_minari_tasks(), *_local_tasks()):
+    specs = [*_locomotion_tasks(), *_maze2d_tasks(), *_antmaze_tasks(), *_adroit_tasks()]
+    order = {"d4rl": 0, "minari": 1}  # the paper's tasks first, in the paper's order
+    for spec in (*sorted(specs, key=lambda s: order[s.backend]), *_local_tasks()):
         if spec.name in table:
             raise RuntimeError(f"duplicate task name {spec.name!r} in the task table")
         table[spec.name] = spec
@@ -361,7 +319,7 @@ def _build_table() -> dict[str, TaskSpec]:
 TASKS: dict[str, TaskSpec] = _build_table()
 
 #: The 33 tasks of the AEPO paper, in the paper's order.
-PAPER_TASKS: tuple[str, ...] = tuple(spec.name for spec in _paper_tasks())
+PAPER_TASKS: tuple[str, ...] = tuple(name for name, s in TASKS.items() if s.backend == "d4rl")
 
 
 def get_task(name: str) -> TaskSpec:

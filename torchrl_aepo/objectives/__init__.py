@@ -2,7 +2,11 @@
 
 from torchrl_aepo.objectives.common import frozen_view
 from torchrl_aepo.objectives.diffusion import DiffusionLoss
-from torchrl_aepo.objectives.energy import AnalyticEnergyLoss, EnergyLossBase
+from torchrl_aepo.objectives.energy import (
+    AnalyticEnergyLoss,
+    EnergyLossBase,
+    TargetRegressionEnergyLoss,
+)
 from torchrl_aepo.objectives.energy_baselines import (
     CEPEnergyLoss,
     DPSEnergyLoss,
@@ -17,6 +21,7 @@ __all__ = [
     "ExpectileLoss",
     "PosteriorStatistics",
     "EnergyLossBase",
+    "TargetRegressionEnergyLoss",
     "AnalyticEnergyLoss",
     "frozen_view",
     "MSEEnergyLoss",

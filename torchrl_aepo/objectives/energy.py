@@ -33,7 +33,7 @@ from torchrl_aepo.diffusion.schedule import VPSchedule
 from torchrl_aepo.objectives.common import frozen_view, get_input, unwrap_module
 from torchrl_aepo.objectives.posterior import PosteriorStatistics
 
-__all__ = ["EnergyLossBase", "AnalyticEnergyLoss"]
+__all__ = ["EnergyLossBase", "TargetRegressionEnergyLoss", "AnalyticEnergyLoss"]
 
 
 class EnergyLossBase(LossModule):
@@ -152,7 +152,92 @@ class EnergyLossBase(LossModule):
         return (energy - target).pow(2).squeeze(-1), energy
 
 
-class AnalyticEnergyLoss(EnergyLossBase):
+def _check_beta(beta: float) -> float:
+    beta = float(beta)
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}.")
+    return beta
+
+
+class TargetRegressionEnergyLoss(EnergyLossBase):
+    """An energy regression ``(f_omega(s, a_t, t) - y)^2`` on a detached per-sample target ``y``.
+
+    The base of :class:`AnalyticEnergyLoss` (Eq. 25) and of the MSE and DPS energies
+    (:mod:`~torchrl_aepo.objectives.energy_baselines`): the regression, the ``energy_target``
+    method and the ``loss_energy`` / ``target_mean`` / ``energy_mean`` outputs are shared.
+    Subclasses implement :meth:`_target`, returning at least ``y`` ``[*B, 1]`` and
+    ``noisy_action`` ``[*B, d]``, and may add diagnostics in :meth:`_diagnostics`.
+
+    Keyword Args:
+        beta: inverse temperature (``> 0``). Defaults to 3.
+        schedule / reduction: as :class:`EnergyLossBase`.
+    """
+
+    def __init__(
+        self,
+        energy_network: nn.Module,
+        noise_network: nn.Module,
+        qvalue_network: nn.Module,
+        *,
+        beta: float = 3.0,
+        schedule: VPSchedule | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(
+            energy_network, noise_network, qvalue_network, schedule=schedule, reduction=reduction
+        )
+        self.beta = _check_beta(beta)
+
+    @property
+    def out_keys(self) -> list[str]:
+        return ["loss_energy", "target_mean", "energy_mean"]
+
+    def _target(
+        self, observation: Tensor, action: Tensor, time: Tensor, noise: Tensor
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _diagnostics(self, target: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {}
+
+    def energy_target(
+        self, observation: Tensor, action: Tensor, time: Tensor, noise: Tensor
+    ) -> TensorDict:
+        """The detached regression target for given ``(s, a_0, t, eps)``, for tests and studies.
+
+        Args:
+            observation: ``[*B, s]``.
+            action: clean action ``a_0`` ``[*B, d]``.
+            time: ``[*B, 1]``.
+            noise: ``eps`` ``[*B, d]``.
+
+        Returns:
+            a TensorDict of batch ``[*B]`` with ``y`` ``[*B, 1]``, ``noisy_action`` ``a_t``
+            ``[*B, d]`` and the loss's intermediate quantities (see the class docstring).
+        """
+        with torch.no_grad():
+            target = self._target(observation, action, time, noise)
+        return TensorDict(target, batch_size=action.shape[:-1])
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        """Compute ``loss_energy`` and diagnostics on a batch of ``(observation, action)``."""
+        observation, action = self._read_batch(tensordict)
+        time, noise = self._sample_time_and_noise(action)
+        with torch.no_grad():
+            target = self._target(observation, action, time, noise)
+        per_sample, energy = self._regress(observation, target["noisy_action"], time, target["y"])
+        return TensorDict(
+            {
+                "loss_energy": _reduce(per_sample, self.reduction),
+                "target_mean": target["y"].mean(),
+                "energy_mean": energy.detach().mean(),
+                **self._diagnostics(target),
+            },
+            batch_size=[],
+        )
+
+
+class AnalyticEnergyLoss(TargetRegressionEnergyLoss):
     """AEPO's analytic intermediate-energy regression, Eqs. 25-26.
 
     For each sample ``(s, a_0)`` draw ``t ~ U(t_min, 1)`` and ``eps ~ N(0, I)``, set
@@ -232,7 +317,12 @@ class AnalyticEnergyLoss(EnergyLossBase):
         if schedule is None:
             schedule = posterior_statistics.schedule
         super().__init__(
-            energy_network, noise_network, qvalue_network, schedule=schedule, reduction=reduction
+            energy_network,
+            noise_network,
+            qvalue_network,
+            beta=beta,
+            schedule=schedule,
+            reduction=reduction,
         )
         if posterior not in (1, 2):
             raise ValueError(f"posterior must be 1 or 2, got {posterior!r}.")
@@ -240,7 +330,6 @@ class AnalyticEnergyLoss(EnergyLossBase):
             raise ValueError(
                 f"clip_posterior_mean must be (low, high) with low < high, got {clip_posterior_mean}."
             )
-        self.beta = float(beta)
         self.posterior = posterior
         self.clip_posterior_mean = (
             None if clip_posterior_mean is None else tuple(float(x) for x in clip_posterior_mean)
@@ -303,41 +392,9 @@ class AnalyticEnergyLoss(EnergyLossBase):
             "variance_clamped": variance != raw_variance,
         }
 
-    def energy_target(
-        self, observation: Tensor, action: Tensor, time: Tensor, noise: Tensor
-    ) -> TensorDict:
-        """The detached Eq. 25 target for given ``(s, a_0, t, eps)``, for tests and studies.
-
-        Args:
-            observation: ``[*B, s]``.
-            action: clean action ``a_0`` ``[*B, d]``.
-            time: ``[*B, 1]``.
-            noise: ``eps`` ``[*B, d]``.
-
-        Returns:
-            a TensorDict of batch ``[*B]`` with ``y`` ``[*B,1]``, ``noisy_action`` ``a_t``
-            ``[*B,d]``, ``mu`` (clipped) ``[*B,d]``, ``variance`` (clamped) ``[*B,1]``, ``q``
-            ``[*B,1]``, ``grad`` ``[*B,d]`` and the boolean masks ``mu_clipped`` ``[*B,d]``,
-            ``variance_clamped`` ``[*B,1]``.
-        """
-        return TensorDict(
-            self._target(observation, action, time, noise), batch_size=action.shape[:-1]
-        )
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDict:
-        """Compute ``loss_energy`` and diagnostics on a batch of ``(observation, action)``."""
-        observation, action = self._read_batch(tensordict)
-        time, noise = self._sample_time_and_noise(action)
-        target = self._target(observation, action, time, noise)
-        per_sample, energy = self._regress(observation, target["noisy_action"], time, target["y"])
-        return TensorDict(
-            {
-                "loss_energy": _reduce(per_sample, self.reduction),
-                "target_mean": target["y"].mean(),
-                "energy_mean": energy.detach().mean(),
-                "posterior_variance_mean": target["variance"].mean(),
-                "mean_clip_fraction": target["mu_clipped"].float().mean(),
-                "variance_clamp_fraction": target["variance_clamped"].float().mean(),
-            },
-            batch_size=[],
-        )
+    def _diagnostics(self, target: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {
+            "posterior_variance_mean": target["variance"].mean(),
+            "mean_clip_fraction": target["mu_clipped"].float().mean(),
+            "variance_clamp_fraction": target["variance_clamped"].float().mean(),
+        }

@@ -48,90 +48,16 @@ from torchrl.objectives.utils import _reduce
 from torchrl_aepo.diffusion.schedule import VPSchedule
 from torchrl_aepo.diffusion.solver import DPMSolver
 from torchrl_aepo.objectives.common import get_input, unwrap_module
-from torchrl_aepo.objectives.energy import EnergyLossBase
+from torchrl_aepo.objectives.energy import (
+    EnergyLossBase,
+    TargetRegressionEnergyLoss,
+    _check_beta,
+)
 
 __all__ = ["MSEEnergyLoss", "DPSEnergyLoss", "CEPEnergyLoss", "sample_support_actions"]
 
 
-def _check_beta(beta: float) -> float:
-    beta = float(beta)
-    if not beta > 0:
-        raise ValueError(f"beta must be positive, got {beta}.")
-    return beta
-
-
-class _TargetRegressionLoss(EnergyLossBase):
-    """An energy regression ``(f_omega(s, a_t, t) - y)^2`` on a detached per-sample target ``y``.
-
-    Subclasses implement :meth:`_target`, returning at least ``y`` ``[*B, 1]`` and
-    ``noisy_action`` ``[*B, d]``, and may add diagnostics in :meth:`_diagnostics`.
-    """
-
-    def __init__(
-        self,
-        energy_network: nn.Module,
-        noise_network: nn.Module,
-        qvalue_network: nn.Module,
-        *,
-        beta: float = 3.0,
-        schedule: VPSchedule | None = None,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__(
-            energy_network, noise_network, qvalue_network, schedule=schedule, reduction=reduction
-        )
-        self.beta = _check_beta(beta)
-
-    @property
-    def out_keys(self) -> list[str]:
-        return ["loss_energy", "target_mean", "energy_mean"]
-
-    def _target(
-        self, observation: Tensor, action: Tensor, time: Tensor, noise: Tensor
-    ) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def _diagnostics(self, target: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {}
-
-    def energy_target(
-        self, observation: Tensor, action: Tensor, time: Tensor, noise: Tensor
-    ) -> TensorDict:
-        """The detached regression target for given ``(s, a_0, t, eps)``, for tests and studies.
-
-        Args:
-            observation: ``[*B, s]``.
-            action: clean action ``a_0`` ``[*B, d]``.
-            time: ``[*B, 1]``.
-            noise: ``eps`` ``[*B, d]``.
-
-        Returns:
-            a TensorDict of batch ``[*B]`` with ``y`` ``[*B, 1]``, ``noisy_action`` ``a_t``
-            ``[*B, d]`` and the loss's intermediate quantities (see the class docstring).
-        """
-        with torch.no_grad():
-            target = self._target(observation, action, time, noise)
-        return TensorDict(target, batch_size=action.shape[:-1])
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDict:
-        """Compute ``loss_energy`` and diagnostics on a batch of ``(observation, action)``."""
-        observation, action = self._read_batch(tensordict)
-        time, noise = self._sample_time_and_noise(action)
-        with torch.no_grad():
-            target = self._target(observation, action, time, noise)
-        per_sample, energy = self._regress(observation, target["noisy_action"], time, target["y"])
-        return TensorDict(
-            {
-                "loss_energy": _reduce(per_sample, self.reduction),
-                "target_mean": target["y"].mean(),
-                "energy_mean": energy.detach().mean(),
-                **self._diagnostics(target),
-            },
-            batch_size=[],
-        )
-
-
-class MSEEnergyLoss(_TargetRegressionLoss):
+class MSEEnergyLoss(TargetRegressionEnergyLoss):
     """Regression ("MSE") intermediate energy, Eq. 10: ``f_omega(s, a_t, t) ≈ E[beta Q(s, a_0) | a_t, s]``.
 
     For each sample ``(s, a_0)`` draw ``t ~ U(t_min, 1)``, ``eps ~ N(0, I)``, set
@@ -183,7 +109,7 @@ class MSEEnergyLoss(_TargetRegressionLoss):
         }
 
 
-class DPSEnergyLoss(_TargetRegressionLoss):
+class DPSEnergyLoss(TargetRegressionEnergyLoss):
     """DPS intermediate energy, Eq. 10: ``f_omega(s, a_t, t) ≈ beta Q(s, E[a_0 | a_t, s])``.
 
     For each sample draw ``t``, ``eps`` and ``a_t`` as in :class:`MSEEnergyLoss` and minimise
