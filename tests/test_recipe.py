@@ -261,3 +261,64 @@ def test_compile_switch_compiles_losses_and_actor(recipe, data_root, tmp_path):
         )
         loss(td)["loss_diffusion"].backward()
         assert torch.isfinite(loss.noise_network_params["mlp", "0", "weight"].grad).all()
+
+
+def test_bad_settings_are_refused_before_any_work(recipe, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    bad = [
+        "train.critic.batch_size=0",
+        "train.diffusion.steps=-1",
+        "train.energy.steps=0",
+        "eval.episodes=0",
+        "eval.num_envs=-2",
+        "aepo.expectile=1.5",
+        "aepo.solver.steps=0",
+    ]
+    with pytest.raises(recipe.RecipeError) as err:
+        recipe.run(_cfg(data_root, run_dir, *bad))
+    message = str(err.value)
+    assert "7 invalid setting(s)" in message
+    for override in bad:
+        assert override in message, (override, message)
+    assert not run_dir.exists()  # refused before the run dir, data or training
+    with pytest.raises(recipe.RecipeError, match=r"unknown key\(s\) \['aepo.gamma'\]"):
+        recipe.run(_cfg(data_root, run_dir, "+aepo.gamma=0.9"))
+
+
+def _register_pendulum(env_id: str, max_torque: float = 2.0) -> None:
+    import gymnasium as gym
+    import numpy as np
+    from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+    class Pendulum(PendulumEnv):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.max_torque = max_torque
+            self.action_space = gym.spaces.Box(-max_torque, max_torque, (1,), np.float32)
+
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=Pendulum, max_episode_steps=200)
+
+
+def test_eval_env_is_checked_against_the_dataset_before_training(recipe, data_root, tmp_path):
+    # a 1-D [-2, 2] dataset against a 1-D [-4, 4] env, and against an 11-D observation env
+    _register_pendulum("PendulumWideTorque-v0", max_torque=4.0)
+    for env_id, what in (
+        ("PendulumWideTorque-v0", "action box"),
+        ("InvertedDoublePendulum-v5", "observation size 9"),
+    ):
+        run_dir = tmp_path / env_id
+        with pytest.raises(recipe.RecipeError, match=what) as err:
+            recipe.run(_cfg(data_root, run_dir, f"task.eval_env_id={env_id}"))
+        assert "does not match the dataset" in str(err.value)
+        assert not (run_dir / "checkpoints").exists()
+
+
+def test_eval_env_override_is_honoured(recipe, data_root, tmp_path):
+    _register_pendulum("PendulumCopy-v0")
+    results = recipe.run(
+        _cfg(
+            data_root, tmp_path / "run", "task.eval_env_id=PendulumCopy-v0", "train.eval_interval=0"
+        )
+    )
+    assert results["dataset"]["metadata"]["eval_env_id"] == "PendulumCopy-v0"

@@ -58,6 +58,7 @@ from torchrl_aepo.trainer import OptimizerStep, Stage, adam_step
 
 __all__ = [
     "AEPOConfig",
+    "ConfigKeyError",
     "AEPOLosses",
     "AEPONetworks",
     "AdvantageCritic",
@@ -103,9 +104,9 @@ def _from_mapping(cls: type, mapping: Mapping[str, Any] | None, path: str) -> An
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(mapping) - set(names))
     if unknown:
-        raise KeyError(
-            f"unknown key(s) {[f'{path}{k}' for k in unknown]}; {path or cls.__name__} takes "
-            f"{sorted(names)}."
+        raise ConfigKeyError(
+            f"unknown key(s) {[f'{path}{k}' for k in unknown]}; "
+            f"{path.rstrip('.') or cls.__name__} takes {sorted(names)}."
         )
     values = {}
     for name, value in mapping.items():
@@ -118,13 +119,22 @@ def _from_mapping(cls: type, mapping: Mapping[str, Any] | None, path: str) -> An
     return cls(**values)
 
 
+class ConfigKeyError(KeyError):
+    """An unknown configuration key (the message names it and lists the valid ones)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
 class _Config:
     """``from_dict`` / ``to_dict`` for the configuration dataclasses."""
 
+    _group = ""  # the yaml group, the prefix of key names in messages
+
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any] | None):
-        """Build from a plain dict or an OmegaConf node; unknown keys raise ``KeyError``."""
-        return _from_mapping(cls, mapping, "")
+        """Build from a plain dict or an OmegaConf node; unknown keys raise ``ConfigKeyError``."""
+        return _from_mapping(cls, mapping, cls._group)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict (tuples become lists)."""
@@ -161,6 +171,7 @@ class ModelConfig(_Config):
             the energy network.
     """
 
+    _group = "model."
     noise_network: Literal["umlp", "mlp"] = "umlp"
     noise_widths: tuple[int, ...] = (512, 256, 128)
     noise_num_cells: tuple[int, ...] = (256, 256, 256)
@@ -234,6 +245,7 @@ class AEPOConfig(_Config):
         solver: the sampler.
     """
 
+    _group = "aepo."
     beta: float = 3.0
     expectile: float = 0.7
     discount: float = 0.99
@@ -373,6 +385,7 @@ class TrainConfig(_Config):
         stop_after_stage: checkpoint and stop after this stage.
     """
 
+    _group = "train."
     plan: Literal["staged", "joint"] = "staged"
     diffusion: DiffusionStageConfig = field(default_factory=DiffusionStageConfig)
     critic: CriticStageConfig = field(default_factory=CriticStageConfig)
