@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark harness (``python -m torchrl_aepo.bench --quick``).
+"""Smoke test of the benchmark harness (``python -m benchmarks --quick``).
 
 No timing assertions: the harness must run end to end, write a JSON with every section and
 field, and skip (not crash on) pieces that are unavailable.
@@ -32,7 +32,7 @@ OK_FIELDS = {
 def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "torchrl_aepo.bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -134,7 +134,7 @@ def test_quick_ratios_and_flop_model(quick_results):
 
 def test_reference_sampler_matches_library_solver():
     """The plain-PyTorch reference integrates the same ODE as the library's DPMSolver."""
-    from torchrl_aepo.bench import _load_reference
+    from benchmarks.harness import _load_reference
     from torchrl_aepo.diffusion.schedule import VPSchedule
     from torchrl_aepo.diffusion.solver import DPMSolver
 

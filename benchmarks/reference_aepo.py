@@ -1,6 +1,6 @@
 """Plain-PyTorch reference implementation of one AEPO update and of the guided sampler.
 
-This file is the *reference point* of the benchmark harness (``python -m torchrl_aepo.bench``):
+This file is the *reference point* of the benchmark harness (``python -m benchmarks``):
 the same mathematics as the library (``aepo-math.md`` §3, §5.2, §6, §7, §8, §10), written the
 way research code usually is -- one ``torch.optim.Adam`` per network, separate forward passes
 for every quantity, a Python ``for`` loop over the solver steps that recomputes the schedule
