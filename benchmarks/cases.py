@@ -114,31 +114,24 @@ def _build_ours_energy(cfg: BenchConfig, batch: int) -> Built:
 def _build_ours_full(
     cfg: BenchConfig, batch: int, width: float = 1.0, compiled: bool = False
 ) -> Built:
-    from torchrl.objectives import SoftUpdate
+    from torchrl_aepo import aepo
 
-    from torchrl_aepo.objectives.diffusion import DiffusionLoss
-    from torchrl_aepo.objectives.energy import AnalyticEnergyLoss
-    from torchrl_aepo.objectives.expectile import ExpectileLoss
-
-    nets = _nets(cfg, width=width)
+    # AEPO as the recipe builds it (torchrl_aepo.aepo), with the paper's networks.
+    hidden = (max(8, int(round(256 * width))),) * 3
+    model = aepo.ModelConfig("umlp", _widths(width), hidden, hidden, hidden, hidden)
+    algo = aepo.AEPOConfig()
+    nets = aepo.build_networks(model, cfg.obs_dim, cfg.action_dim)
+    losses = aepo.build_losses(nets, algo, aepo.TrainConfig(), compile={} if compiled else None)
     td = _td_batch(cfg, batch)
-    diffusion = DiffusionLoss(nets["noise"])
-    critic = ExpectileLoss(nets["q"], nets["v"], expectile=0.7, discount=0.99)
-    updater = SoftUpdate(critic, tau=0.005)
-    target_critic = (
-        critic.target_qvalue_network() if hasattr(critic, "target_qvalue_network") else nets["q"]
-    )
-    stats = _posterior_statistics(cfg, nets["noise"], td)
-    energy = AnalyticEnergyLoss(nets["energy"], nets["noise"], target_critic, stats, beta=3.0)
-    if compiled:  # as the recipe's compile.enabled=true
-        for loss in (diffusion, critic, energy):
-            loss.compile()
+    stats = _posterior_statistics(cfg, nets.behaviour, td)
+    energy = aepo.build_energy_loss(nets, losses, algo, stats, compile={} if compiled else None)
+    diffusion, critic, updater = losses.diffusion, losses.critic, losses.critic_target
     taken: set[int] = set()
     groups = []
     for params, lr in (
         (diffusion.parameters(), 1e-4),
         (critic.parameters(), 3e-4),
-        (_energy_params(energy, nets["energy"]), 3e-4),
+        (_energy_params(energy, nets.energy), 3e-4),
     ):
         params = [p for p in _unique(params) if p.requires_grad and id(p) not in taken]
         taken.update(id(p) for p in params)
@@ -158,7 +151,8 @@ def _build_ours_full(
             opt.zero_grad(set_to_none=True)
         updater.step()
 
-    return run, _flops_full(_params(nets), batch), 1
+    sizes = _params({"noise": nets.noise, "q": nets.qvalue, "v": nets.value, "energy": nets.energy})
+    return run, _flops_full(sizes, batch), 1
 
 
 def _build_posterior_estimate(cfg: BenchConfig) -> Built:

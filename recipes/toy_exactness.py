@@ -7,11 +7,11 @@ Trains, per toy dataset, a behaviour diffusion model and one energy network per 
 Posterior 1 and 2, MSE, DPS, CEP), measures their gradient error against the exact
 importance-weighted energy and the distance of their guided samples to the exact target
 policy (rescaling off and on, over guidance degrees), and evaluates the exact limit of each
-energy definition. See :mod:`torchrl_aepo.exactness.study` for the protocol; the outputs are
-written by :func:`torchrl_aepo.exactness.report.write_report`.
+energy definition. See :mod:`studies.exactness.study` for the protocol; the outputs are
+written by :func:`studies.exactness.report.write_report`.
 
 Configuration: ``configs/toy_exactness.yaml`` (``study.*`` are the fields of
-:class:`~torchrl_aepo.exactness.study.StudyConfig`).
+:class:`~studies.exactness.study.StudyConfig`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from torchrl_aepo.exactness.report import write_report
-from torchrl_aepo.exactness.study import StudyConfig, run_study
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # studies/ lives in the checkout
+from studies.exactness.report import write_report  # noqa: E402
+from studies.exactness.study import StudyConfig, run_study  # noqa: E402
 
 
 def regenerate_command() -> str:

@@ -10,9 +10,7 @@ import pytest
 import torch
 from oracles import ExactLinearEnergy, GaussianNoiseOracle, exact_posterior_variance
 
-from torchrl_aepo.diffusion.schedule import VPSchedule
-from torchrl_aepo.diffusion.solver import DPMSolver
-from torchrl_aepo.exactness import (
+from studies.exactness import (
     CRITICS,
     DATASETS,
     ENERGY_KINDS,
@@ -29,14 +27,16 @@ from torchrl_aepo.exactness import (
     sample_target,
     sliced_wasserstein,
 )
-from torchrl_aepo.exactness.report import write_report
-from torchrl_aepo.exactness.study import (
+from studies.exactness.report import write_report
+from studies.exactness.study import (
     DEFINITIONS,
     DIAGNOSTICS,
     LEARNED_METHODS,
     guided_samples,
 )
-from torchrl_aepo.exactness.toy import LinearCritic, constant_observation
+from studies.exactness.toy import LinearCritic, constant_observation
+from torchrl_aepo.diffusion.schedule import VPSchedule
+from torchrl_aepo.diffusion.solver import DPMSolver
 
 
 def _gen(seed: int = 0) -> torch.Generator:

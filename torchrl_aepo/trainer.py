@@ -180,7 +180,8 @@ class OfflineTrainer:
             batch (TED keys).
 
     Keyword Args:
-        run_dir: run directory; checkpoints go to ``run_dir/checkpoints``.
+        run_dir: run directory; checkpoints go to ``run_dir/checkpoints``. ``None``: train in
+            memory, without checkpoints or resume (studies, tests).
         logger: a TorchRL :class:`~torchrl.record.loggers.Logger` or ``None``. Scalars are
             also kept in :attr:`history` (and in the checkpoints) for plots and results.
         device: device of the batches.
@@ -203,7 +204,7 @@ class OfflineTrainer:
         stages: Sequence[Stage],
         replay_buffer: Any,
         *,
-        run_dir: str | os.PathLike,
+        run_dir: str | os.PathLike | None,
         logger: Any = None,
         device: torch.device | str | None = None,
         log_interval: int = 1000,
@@ -225,8 +226,8 @@ class OfflineTrainer:
             raise ValueError("log_interval and checkpoint_interval must be >= 1.")
         self.stages = list(stages)
         self.replay_buffer = replay_buffer
-        self.run_dir = Path(run_dir)
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.checkpoint_dir = None if run_dir is None else self.run_dir / "checkpoints"
         self.logger = logger
         self.device = torch.device(device) if device is not None else None
         self.log_interval = int(log_interval)
@@ -264,7 +265,9 @@ class OfflineTrainer:
         prefix = f"{stage}/"
         return {k: v for k, v in self.history.items() if k.startswith(prefix)}
 
-    def save_checkpoint(self, stage: Stage) -> Path:
+    def save_checkpoint(self, stage: Stage) -> Path | None:
+        if self.checkpoint_dir is None:
+            return None
         record = self.records[stage.name]
         state = {
             "format": CHECKPOINT_FORMAT,
@@ -294,6 +297,8 @@ class OfflineTrainer:
 
     def load_checkpoint(self, stage: str) -> dict[str, Any] | None:
         """Read and validate a stage checkpoint; ``None`` if there is none."""
+        if self.checkpoint_dir is None:
+            return None
         path = self.checkpoint_path(stage)
         if not path.exists():
             return None
@@ -323,6 +328,8 @@ class OfflineTrainer:
         return state
 
     def existing_checkpoints(self) -> list[Path]:
+        if self.checkpoint_dir is None:
+            return []
         return [
             self.checkpoint_path(s.name)
             for s in self.stages

@@ -1,6 +1,6 @@
 """Tables, findings and figures of the exactness study (``results.md``, ``results.json``, PNGs).
 
-:func:`write_report` takes the output of :func:`~torchrl_aepo.exactness.study.run_study` and
+:func:`write_report` takes the output of :func:`~studies.exactness.study.run_study` and
 writes, into one directory:
 
 * ``results.json``: everything but the samples (config, floors, errors, distances, losses,
@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from torchrl_aepo.diffusion.schedule import VPSchedule
-from torchrl_aepo.exactness.study import (
+from studies.exactness.study import (
     DEFINITIONS,
     DIAGNOSTICS,
     LEARNED_METHODS,
     METHOD_LABELS,
 )
+from torchrl_aepo.diffusion.schedule import VPSchedule
 
 __all__ = ["write_report", "best_setting", "summary_rows"]
 
@@ -480,7 +480,7 @@ def write_report(
     """Write ``results.json``, ``results.md`` and the figures into ``out_dir``.
 
     Args:
-        results: output of :func:`~torchrl_aepo.exactness.study.run_study`.
+        results: output of :func:`~studies.exactness.study.run_study`.
         out_dir: destination directory (created).
         command: the command that regenerates the outputs (quoted in ``results.md``).
 

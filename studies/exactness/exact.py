@@ -30,7 +30,7 @@ except the energy.
 
 Examples:
     >>> import torch
-    >>> from torchrl_aepo.exactness.toy import make_critic, sample_dataset
+    >>> from studies.exactness.toy import make_critic, sample_dataset
     >>> g = torch.Generator().manual_seed(0)
     >>> posterior = ImportanceWeightedPosterior(
     ...     sample_dataset("moons", 2000, generator=g), make_critic("bump"), beta=3.0,
@@ -49,8 +49,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from studies.exactness.toy import ToyCritic
+from torchrl_aepo.autograd import value_and_input_gradient
 from torchrl_aepo.diffusion.schedule import VPSchedule
-from torchrl_aepo.exactness.toy import ToyCritic
 
 __all__ = [
     "ENERGY_KINDS",
@@ -98,12 +99,9 @@ class ImportanceWeightedPosterior:
         self.beta = float(beta)
         self.schedule = schedule if schedule is not None else VPSchedule()
         self.chunk_size = int(chunk_size)
-        with torch.enable_grad():
-            a = self.actions.clone().requires_grad_(True)
-            q = critic.value(a)
-            (grad_q,) = torch.autograd.grad(q.sum(), a)
-        self.beta_q = self.beta * q.detach()  # [M]
-        self.grad_q = grad_q.detach()  # [M, d]
+        q, grad_q = value_and_input_gradient(critic.value, self.actions)
+        self.beta_q = self.beta * q  # [M]
+        self.grad_q = grad_q  # [M, d]
         self.grad_q_sq = self.grad_q.pow(2).sum(-1)  # [M]
         # E[g . a_0] terms of the AEPO limit, per sample: g_i . a_0^i
         self.grad_q_dot_action = (self.grad_q * self.actions).sum(-1)  # [M]
@@ -180,10 +178,7 @@ class ImportanceWeightedPosterior:
         for x, t in zip(
             noisy_action.split(self.chunk_size), time.split(self.chunk_size), strict=True
         ):
-            with torch.enable_grad():
-                x = x.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(self._energy(kind, x, t).sum(), x)
-            grads.append(grad)
+            grads.append(value_and_input_gradient(lambda a, t=t: self._energy(kind, a, t), x)[1])
         return torch.cat(grads)
 
     def _exact(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

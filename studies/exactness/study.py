@@ -1,7 +1,7 @@
 """The exactness study: learned and definitional intermediate energies against the exact one.
 
-Two measurements per 2-D toy problem (:mod:`torchrl_aepo.exactness.toy`), both against the
-importance-weighted exact energy of :mod:`torchrl_aepo.exactness.exact` and exact samples of
+Two measurements per 2-D toy problem (:mod:`studies.exactness.toy`), both against the
+importance-weighted exact energy of :mod:`studies.exactness.exact` and exact samples of
 the target policy ``pi ∝ mu exp(beta Q)``:
 
 **Learned energies** (:func:`run_learned`, one dataset and one critic): a small behaviour
@@ -23,14 +23,14 @@ importance-weighted exact energy itself. Measured:
   mean ``mu_{0|t}`` (Eq. 18), an input of the AEPO and DPS targets, is recorded too, and so is
   the gradient error of a diagnostic AEPO Posterior 1 energy trained with the *exact* noise
   prediction (:data:`DIAGNOSTICS`), which isolates the regression from that input error.
-* the distance (sliced Wasserstein-2 and MMD, :mod:`torchrl_aepo.exactness.metrics`) between
+* the distance (sliced Wasserstein-2 and MMD, :mod:`studies.exactness.metrics`) between
   guided samples (:class:`~torchrl_aepo.actor.AEPOActor`, DPM-Solver++ 2S) and exact target
   samples, for each guidance degree ``w`` with rescaling off and on, with the noise floor of
   two independent target samples.
 
 **Definitional energies** (:func:`run_definitions`, no training): everything exact (the noise
 prediction is the exact one of the reference sample) except the energy, which is the exact
-limit of each definition (:data:`~torchrl_aepo.exactness.exact.ENERGY_KINDS`: ``"exact"``,
+limit of each definition (:data:`~studies.exactness.exact.ENERGY_KINDS`: ``"exact"``,
 ``"aepo"`` — the minimiser of AEPO's regression with the exact posterior mean and variance,
 i.e. Posterior 1 and 2 with a perfect noise network — ``"mse"``, ``"dps"``). This separates
 the bias of a definition from the error of learning it.
@@ -65,22 +65,23 @@ from torch import Tensor, nn
 from torchrl.data import Unbounded
 from torchrl.objectives import LossModule
 
-from torchrl_aepo.actor import AEPOActor
-from torchrl_aepo.diffusion.schedule import VPSchedule
-from torchrl_aepo.diffusion.solver import DPMSolver
-from torchrl_aepo.exactness.exact import (
+from studies.exactness.exact import (
     EmpiricalNoisePredictor,
     ImportanceWeightedPosterior,
     ReferenceEnergy,
 )
-from torchrl_aepo.exactness.metrics import mmd, noise_floor, sliced_wasserstein
-from torchrl_aepo.exactness.toy import (
+from studies.exactness.metrics import mmd, noise_floor, sliced_wasserstein
+from studies.exactness.toy import (
     ToyCritic,
     constant_observation,
     make_critic,
     sample_dataset,
     sample_target,
 )
+from torchrl_aepo.actor import AEPOActor
+from torchrl_aepo.autograd import value_and_input_gradient
+from torchrl_aepo.diffusion.schedule import VPSchedule
+from torchrl_aepo.diffusion.solver import DPMSolver
 from torchrl_aepo.nets import EnergyNetwork, MLPNoisePredictor
 from torchrl_aepo.objectives.diffusion import DiffusionLoss
 from torchrl_aepo.objectives.energy import AnalyticEnergyLoss
@@ -91,6 +92,7 @@ from torchrl_aepo.objectives.energy_baselines import (
     sample_support_actions,
 )
 from torchrl_aepo.objectives.posterior import PosteriorStatistics
+from torchrl_aepo.trainer import OfflineTrainer, Stage, adam_step
 
 __all__ = [
     "LEARNED_METHODS",
@@ -133,7 +135,7 @@ class StudyConfig:
     """Every setting of the study (sizes, budgets, grids); defaults are the committed run.
 
     Attributes:
-        datasets: toy datasets (names of :data:`~torchrl_aepo.exactness.toy.DATASETS`).
+        datasets: toy datasets (names of :data:`~studies.exactness.toy.DATASETS`).
         critic: the critic of the learned part.
         reference_critics: critics of the definitional part.
         beta: inverse temperature of the target policy.
@@ -210,19 +212,26 @@ def _cosine_fit(
     lr: float,
     loss_key: str,
 ) -> list[float]:
-    """Adam with a cosine learning-rate decay; returns the loss every ``steps // 20`` steps."""
-    params = [p for p in loss_module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr, foreach=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
-    history = []
-    for step in range(steps):
+    """Adam with a cosine learning-rate decay, run by the library's trainer (in memory, no
+    checkpoints); returns the loss every ``steps // 20`` steps and at the last step."""
+    optimizer_step = adam_step(loss_module, lr, steps, adam="foreach", lr_schedule="cosine")
+    every, history = max(steps // 20, 1), []
+
+    def update(_batch: None, _step: int) -> dict[str, Tensor]:
         loss = loss_module(batch_fn())[loss_key]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if step % max(steps // 20, 1) == 0 or step == steps - 1:
-            history.append(loss.item())
+        optimizer_step(loss)
+        return {loss_key: loss.detach()}
+
+    def record(_stage: str, done: int, metrics: dict[str, Tensor]) -> None:
+        if (done - 1) % every == 0 or done == steps:
+            history.append(float(metrics[loss_key]))
+
+    stage = Stage(loss_key, steps, update, dict, batch_size=None)
+    trainer = OfflineTrainer(
+        [stage], None, run_dir=None, progress_bar=False, log_interval=max(steps, 1)
+    )
+    trainer.register_op("post_optim", record)
+    trainer.train()
     return history
 
 
@@ -232,11 +241,8 @@ def _energy_gradient(
     """``grad_{a_t} f(a_t, t, s)`` for the constant toy observation ``[N, d]``."""
     grads = []
     for x, t in zip(noisy_action.split(chunk), time.split(chunk), strict=True):
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            out = energy(x, t, constant_observation(x.shape[:-1], like=x))
-            (grad,) = torch.autograd.grad(out.sum(), x)
-        grads.append(grad)
+        obs = constant_observation(x.shape[:-1], like=x)
+        grads.append(value_and_input_gradient(lambda a, t=t, obs=obs: energy(a, t, obs), x)[1])
     return torch.cat(grads)
 
 
@@ -512,10 +518,9 @@ def _posterior_mean_errors(
     errors = []
     for t in problem.cfg.error_times:
         points, time = problem.error_points(t)
-        alpha, sigma = problem.schedule.alpha_sigma(time)
         with torch.no_grad():
             eps = noise_network(points, time, constant_observation((len(points),)))
-        mean = ((points - sigma * eps) / alpha).clamp(*clip)
+        mean = problem.schedule.posterior_mean(points, eps, time).clamp(*clip)
         exact = problem.posterior.posterior_mean(points, time)
         errors.append((mean - exact).pow(2).sum(-1).mean().item())
     return errors
