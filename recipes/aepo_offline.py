@@ -35,12 +35,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from torchrl_aepo import aepo
     from torchrl_aepo.evaluation import guidance_sweep, sweep_table
-    from torchrl_aepo.plots import (
-        plot_eval_over_training,
-        plot_guidance_sweep,
-        plot_training_losses,
-    )
-    from torchrl_aepo.trainer import CheckpointError, OfflineTrainer, config_hash
+    from torchrl_aepo.trainer import CheckpointError, OfflineTrainer
 
     wall_start = time.perf_counter()
     timeit.erase()
@@ -133,85 +128,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             actor, env, sweep_ws, **utils.eval_kwargs(cfg.eval, metadata, int(cfg.eval.episodes))
         )
     eval_seconds = time.perf_counter() - t0
-    by_w = {r.guidance: r for r in sweep}
-    final, behaviour = by_w[chosen], by_w[0.0]
     if logger is not None:
         for r in sweep:
             step = int(round(r.guidance * 100))
             logger.log_scalar("eval/normalized_score_vs_guidance", r.normalized_mean, step=step)
-    best_sweep = max(sweep, key=lambda r: r.normalized_mean)
-    last_stage = plan.stages[-1]
-    during = trainer.history.get(f"{last_stage.name}/eval_normalized_score", [])
-    during_points = [*during, [last_stage.total_steps, final.normalized_mean]]
-    best_during = max(during_points, key=lambda p: p[1])
+    during = trainer.history.get(f"{plan.stages[-1].name}/eval_normalized_score", [])
 
     # 6. report: results.json, plots, summary
-    results = {
-        "task": task.name,
-        "dataset": {
-            "id": task.dataset_id,
-            "backend": task.backend,
-            "num_transitions": len(replay_buffer),
-            "metadata": utils.jsonable(metadata.to_dict()),
-        },
-        "config_hash": config_hash(utils.experiment_config(cfg)),
-        "train_config_hash": summary["config_hash"],
-        "seeds": {
-            "train": int(cfg.seed),
-            "eval": int(cfg.eval.seed),
-            "eval_env_seeds": final.seeds,
-        },
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "plan": train_cfg.plan,
-        "final": final.to_dict(),
-        "behaviour": behaviour.to_dict(),
-        "improvement_over_behaviour": final.normalized_mean - behaviour.normalized_mean,
-        "best": {
-            "during_training": {
-                "step": best_during[0],
-                "normalized_score": best_during[1],
-                "note": "max over evaluations during training and the final one",
-            },
-            "over_guidance_sweep": {
-                "guidance": best_sweep.guidance,
-                "normalized_mean": best_sweep.normalized_mean,
-                "normalized_std": best_sweep.normalized_std,
-                "note": "selected on the evaluation episodes (optimistic)",
-            },
-        },
-        "guidance_sweep": [r.to_dict() for r in sweep],
-        "eval_during_training": during,
-        "timings": {
-            "data_seconds": round(data_seconds, 3),
-            "stages": utils.stage_timings(summary["stages"]),
-            "eval_seconds": round(eval_seconds, 3),
-            "total_seconds": None,
-            "timeit": utils.timeit_summary(),
-        },
-        "train": summary,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "versions": utils.versions(),
-        "run_dir": str(run_dir),
-    }
-    plots_dir, title = run_dir / "plots", f"{task.name} (seed {cfg.seed})"
-    plots = [
-        plot_training_losses(trainer.history, plots_dir / "training_losses.png", title=title),
-        plot_eval_over_training(
-            during_points,
-            plots_dir / "eval_over_training.png",
-            final=final.normalized_mean,
-            behaviour=behaviour.normalized_mean,
-            title=title,
-        ),  # fmt: skip
-        plot_guidance_sweep(
-            [r.to_dict() for r in sweep],
-            plots_dir / "guidance_sweep.png",
-            chosen=chosen,
-            title=title,
-        ),  # fmt: skip
-    ]
-    results["plots"] = [str(p.relative_to(run_dir)) for p in plots if p is not None]
+    results = utils.results_dict(
+        cfg, task, metadata, len(replay_buffer), summary, sweep, chosen, during, device, run_dir
+    )
+    results["timings"].update(
+        data_seconds=round(data_seconds, 3), eval_seconds=round(eval_seconds, 3)
+    )
+    results["plots"] = utils.write_plots(
+        run_dir, trainer.history, results, title=f"{task.name} (seed {cfg.seed})"
+    )
     results["timings"]["total_seconds"] = round(time.perf_counter() - wall_start, 3)
     utils.write_results(results, run_dir / "results.json")
     utils.close_logger(logger)

@@ -324,6 +324,109 @@ def timeit_summary() -> dict:
     return {k: {"mean_s": v[0], "total_s": v[1], "count": v[2]} for k, v in timeit._REG.items()}
 
 
+def results_dict(
+    cfg: DictConfig,
+    task,
+    metadata,
+    num_transitions: int,
+    summary: dict,
+    sweep: list,
+    chosen: float,
+    during: list,
+    device: torch.device,
+    run_dir: Path,
+) -> dict:
+    """The content of results.json: final (chosen ``w``) and behaviour (``w = 0``) scores,
+    the sweep, the best scores (marked optimistic), seeds, timings, config and versions."""
+    from torchrl_aepo.trainer import config_hash
+
+    by_w = {r.guidance: r for r in sweep}
+    final, behaviour = by_w[chosen], by_w[0.0]
+    best_sweep = max(sweep, key=lambda r: r.normalized_mean)
+    last_step = list(summary["stages"].values())[-1]["steps"]  # the last stage's
+    during_points = [*during, [last_step, final.normalized_mean]]
+    best_during = max(during_points, key=lambda p: p[1])
+    return {
+        "task": task.name,
+        "dataset": {
+            "id": task.dataset_id,
+            "backend": task.backend,
+            "num_transitions": num_transitions,
+            "metadata": jsonable(metadata.to_dict()),
+        },
+        "config_hash": config_hash(experiment_config(cfg)),
+        "train_config_hash": summary["config_hash"],
+        "seeds": {
+            "train": int(cfg.seed),
+            "eval": int(cfg.eval.seed),
+            "eval_env_seeds": final.seeds,
+        },
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "plan": str(cfg.train.plan),
+        "final": final.to_dict(),
+        "behaviour": behaviour.to_dict(),
+        "improvement_over_behaviour": final.normalized_mean - behaviour.normalized_mean,
+        "best": {
+            "during_training": {
+                "step": best_during[0],
+                "normalized_score": best_during[1],
+                "note": "max over evaluations during training and the final one",
+            },
+            "over_guidance_sweep": {
+                "guidance": best_sweep.guidance,
+                "normalized_mean": best_sweep.normalized_mean,
+                "normalized_std": best_sweep.normalized_std,
+                "note": "selected on the evaluation episodes (optimistic)",
+            },
+        },
+        "guidance_sweep": [r.to_dict() for r in sweep],
+        "eval_during_training": during,
+        "eval_over_training": during_points,
+        "timings": {
+            "data_seconds": None,
+            "stages": stage_timings(summary["stages"]),
+            "eval_seconds": None,
+            "total_seconds": None,
+            "timeit": timeit_summary(),
+        },
+        "train": summary,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": versions(),
+        "run_dir": str(run_dir),
+    }
+
+
+def write_plots(run_dir: Path, history: dict, results: dict, title: str) -> list[str]:
+    """Training losses, evaluation over training and the guidance sweep as PNGs under
+    ``run_dir/plots``; returns their paths relative to ``run_dir``."""
+    from torchrl_aepo.plots import (
+        plot_eval_over_training,
+        plot_guidance_sweep,
+        plot_training_losses,
+    )
+
+    plots_dir = run_dir / "plots"
+    final, behaviour = results["final"], results["behaviour"]
+    plots = [
+        plot_training_losses(history, plots_dir / "training_losses.png", title=title),
+        plot_eval_over_training(
+            results["eval_over_training"],
+            plots_dir / "eval_over_training.png",
+            final=final["normalized_mean"],
+            behaviour=behaviour["normalized_mean"],
+            title=title,
+        ),
+        plot_guidance_sweep(
+            results["guidance_sweep"],
+            plots_dir / "guidance_sweep.png",
+            chosen=final["guidance"],
+            title=title,
+        ),
+    ]
+    return [str(p.relative_to(run_dir)) for p in plots if p is not None]
+
+
 def write_results(results: dict, path: Path) -> None:
     """``results.json`` (numbers, tensors and arrays as JSON; non-finite floats as ``null``)."""
     with open(path, "w") as f:

@@ -1,0 +1,393 @@
+"""AEPO's typed configuration: the ``model``, ``aepo`` and ``train`` groups of the recipe.
+
+``from_dict`` reads a plain or OmegaConf mapping and refuses unknown keys
+(:class:`ConfigKeyError`); :func:`config_problems` lists every invalid value at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PLANS = ("staged", "joint")
+STAGED = ("diffusion", "critic", "gamma", "energy")
+JOINT = ("joint",)
+
+
+def _from_mapping(cls: type, mapping: Mapping[str, Any] | None, path: str) -> Any:
+    """Build the dataclass ``cls`` from ``mapping``, recursing into dataclass-typed fields."""
+    if mapping is None:
+        return cls()
+    if isinstance(mapping, cls):
+        return mapping
+    if not isinstance(mapping, Mapping):
+        try:  # an OmegaConf DictConfig
+            from omegaconf import OmegaConf
+
+            mapping = OmegaConf.to_container(mapping, resolve=True)
+        except Exception:  # noqa: BLE001 - not a config object either
+            raise TypeError(
+                f"{path or cls.__name__}: expected a mapping, got {mapping!r}."
+            ) from None
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - set(names))
+    if unknown:
+        raise ConfigKeyError(
+            f"unknown key(s) {[f'{path}{k}' for k in unknown]}; "
+            f"{path.rstrip('.') or cls.__name__} takes {sorted(names)}."
+        )
+    values = {}
+    for name, value in mapping.items():
+        default = names[name].default_factory  # dataclass-typed fields use a default factory
+        if default is not dataclasses.MISSING and dataclasses.is_dataclass(default):
+            value = _from_mapping(default, value, f"{path}{name}.")
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+class ConfigKeyError(KeyError):
+    """An unknown configuration key (the message names it and lists the valid ones)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
+class _Config:
+    """``from_dict`` / ``to_dict`` for the configuration dataclasses."""
+
+    _group = ""  # the yaml group, the prefix of key names in messages
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any] | None):
+        """Build from a plain dict or an OmegaConf node; unknown keys raise ``ConfigKeyError``."""
+        return _from_mapping(cls, mapping, cls._group)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable dict (tuples become lists)."""
+        return _jsonable(dataclasses.asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+_WIDTH_FIELDS = (
+    "noise_widths",
+    "noise_num_cells",
+    "qvalue_num_cells",
+    "value_num_cells",
+    "energy_num_cells",
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Config):
+    """Network sizes (the ``model`` group).
+
+    Attributes:
+        noise_network: ``"umlp"`` (QGPO's U-shaped residual MLP, :class:`UMLPNoisePredictor`)
+            or ``"mlp"`` (:class:`MLPNoisePredictor`).
+        noise_widths: the U-MLP's ``(w1, w2, w3)``.
+        noise_num_cells: the plain MLP's hidden widths.
+        qvalue_num_cells / value_num_cells / energy_num_cells: hidden widths of twin Q, V and
+            the energy network.
+    """
+
+    _group = "model."
+    noise_network: Literal["umlp", "mlp"] = "umlp"
+    noise_widths: tuple[int, ...] = (512, 256, 128)
+    noise_num_cells: tuple[int, ...] = (256, 256, 256)
+    qvalue_num_cells: tuple[int, ...] = (256, 256, 256)
+    value_num_cells: tuple[int, ...] = (256, 256, 256)
+    energy_num_cells: tuple[int, ...] = (256, 256, 256)
+
+    @classmethod
+    def small(cls) -> ModelConfig:
+        """Small plain MLPs (32x32) for examples and tests."""
+        cells = (32, 32)
+        return cls("mlp", (32, 32, 32), cells, cells, cells, cells)
+
+    def problems(self, prefix: str = "model.") -> list[str]:
+        out = []
+        if self.noise_network not in ("umlp", "mlp"):
+            out.append(f"{prefix}noise_network={self.noise_network!r}: use umlp or mlp")
+        for name in _WIDTH_FIELDS:
+            widths = getattr(self, name)
+            if not widths or any(int(w) < 1 for w in widths):
+                out.append(f"{prefix}{name}={list(widths)}: widths must be positive integers")
+        if self.noise_network == "umlp" and len(self.noise_widths) != 3:
+            out.append(f"{prefix}noise_widths={list(self.noise_widths)}: the U-MLP takes 3 widths")
+        return out
+
+
+@dataclass(frozen=True)
+class SolverConfig(_Config):
+    """The actor's DPM-Solver (``aepo.solver``): keyword arguments of :class:`DPMSolver`.
+
+    The default is QGPO's: DPM-Solver++, singlestep, order 2, 15 model evaluations.
+    """
+
+    algorithm: str = "dpmsolver++"
+    order: int = 2
+    steps: int = 15
+    method: str = "singlestep"
+    skip_type: str = "time_uniform"
+
+    def problems(self, prefix: str = "aepo.solver.") -> list[str]:
+        out = []
+        if self.algorithm not in ("dpmsolver", "dpmsolver++"):
+            out.append(f"{prefix}algorithm={self.algorithm!r}: use dpmsolver or dpmsolver++")
+        if self.order not in (1, 2, 3):
+            out.append(f"{prefix}order={self.order!r}: use 1, 2 or 3")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            out.append(f"{prefix}steps={self.steps!r}: must be a positive integer")
+        if self.method not in ("singlestep", "multistep"):
+            out.append(f"{prefix}method={self.method!r}: use singlestep or multistep")
+        if self.skip_type not in ("time_uniform", "logSNR"):
+            out.append(f"{prefix}skip_type={self.skip_type!r}: use time_uniform or logSNR")
+        return out
+
+
+@dataclass(frozen=True)
+class AEPOConfig(_Config):
+    """AEPO's hyperparameters (the ``aepo`` group); defaults are the paper's.
+
+    Attributes:
+        beta: inverse temperature of ``pi ∝ mu exp(beta Q)``.
+        expectile: IQL expectile ``tau`` of the critic (Eq. 27).
+        discount: the RL discount of the critic's TD target.
+        posterior: ``1`` (``Gamma`` table, Eq. 22) or ``2`` (Eq. 24) for ``sigma^2_{0|t}``.
+        clip_posterior_mean: box for ``mu_{0|t}`` in the energy target, or ``None``.
+        energy_baseline: ``"none"`` regresses ``beta Q`` (the paper); ``"value"`` regresses
+            ``beta (Q - V(s))``, which has the same action gradient.
+        guidance: guidance degree ``w`` of the reported policy (``0``: the behaviour policy).
+        rescale: guidance rescaling (Eq. 45).
+        num_candidates / selection: ``K`` actions per state and how one is picked
+            (``"first"``, ``"argmax_q"``, ``"softmax_q"``).
+        solver: the sampler.
+    """
+
+    _group = "aepo."
+    beta: float = 3.0
+    expectile: float = 0.7
+    discount: float = 0.99
+    posterior: int = 1
+    clip_posterior_mean: tuple[float, float] | None = (-1.0, 1.0)
+    energy_baseline: Literal["none", "value"] = "none"
+    guidance: float = 1.0
+    rescale: bool = True
+    num_candidates: int = 1
+    selection: Literal["first", "argmax_q", "softmax_q"] = "first"
+    solver: SolverConfig = field(default_factory=SolverConfig)
+
+    def problems(self, prefix: str = "aepo.") -> list[str]:
+        out = []
+        if not self.beta > 0:
+            out.append(f"{prefix}beta={self.beta!r}: must be > 0")
+        if not 0 < self.expectile < 1:
+            out.append(f"{prefix}expectile={self.expectile!r}: must be in (0, 1)")
+        if not 0 <= self.discount <= 1:
+            out.append(f"{prefix}discount={self.discount!r}: must be in [0, 1]")
+        if self.posterior not in (1, 2):
+            out.append(f"{prefix}posterior={self.posterior!r}: use 1 or 2")
+        clip = self.clip_posterior_mean
+        if clip is not None and (len(clip) != 2 or not clip[0] < clip[1]):
+            out.append(f"{prefix}clip_posterior_mean={clip!r}: use [low, high] with low < high")
+        if self.energy_baseline not in ("none", "value", None):
+            out.append(f"{prefix}energy_baseline={self.energy_baseline!r}: use none or value")
+        if not self.guidance >= 0:
+            out.append(f"{prefix}guidance={self.guidance!r}: must be >= 0")
+        if not isinstance(self.num_candidates, int) or self.num_candidates < 1:
+            out.append(f"{prefix}num_candidates={self.num_candidates!r}: must be >= 1")
+        if self.selection not in ("first", "argmax_q", "softmax_q"):
+            out.append(f"{prefix}selection={self.selection!r}: use first, argmax_q or softmax_q")
+        return out + self.solver.problems(f"{prefix}solver.")
+
+
+def _budget_problems(prefix: str, steps: Any, batch_size: Any, lr: Any = 1.0) -> list[str]:
+    out = []
+    if not isinstance(steps, int) or steps < 1:
+        out.append(f"{prefix}steps={steps!r}: must be a positive integer")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        out.append(f"{prefix}batch_size={batch_size!r}: must be a positive integer")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        out.append(f"{prefix}lr={lr!r}: must be > 0")
+    return out
+
+
+@dataclass(frozen=True)
+class DiffusionStageConfig(_Config):
+    """Behaviour-model training: steps, batch size, lr, EMA decay (``None``: no EMA)."""
+
+    steps: int = 600_000
+    batch_size: int = 4096
+    lr: float = 1e-4
+    ema_decay: float | None = 0.999
+
+    def problems(self, prefix: str) -> list[str]:
+        out = _budget_problems(prefix, self.steps, self.batch_size, self.lr)
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            out.append(f"{prefix}ema_decay={self.ema_decay!r}: must be in [0, 1) or null")
+        return out
+
+
+@dataclass(frozen=True)
+class CriticStageConfig(_Config):
+    """Expectile-critic training: steps, batch size, lr, Polyak rate of the target Q."""
+
+    steps: int = 1_000_000
+    batch_size: int = 256
+    lr: float = 3e-4
+    target_tau: float = 0.005
+
+    def problems(self, prefix: str) -> list[str]:
+        out = _budget_problems(prefix, self.steps, self.batch_size, self.lr)
+        if not 0 < self.target_tau <= 1:
+            out.append(f"{prefix}target_tau={self.target_tau!r}: must be in (0, 1]")
+        return out
+
+
+@dataclass(frozen=True)
+class EnergyStageConfig(_Config):
+    """Energy-network training: steps, batch size, lr."""
+
+    steps: int = 1_000_000
+    batch_size: int = 256
+    lr: float = 3e-4
+
+    def problems(self, prefix: str) -> list[str]:
+        return _budget_problems(prefix, self.steps, self.batch_size, self.lr)
+
+
+@dataclass(frozen=True)
+class JointStageConfig(_Config):
+    """The joint plan's single loop: steps, batch size, ``Gamma`` refresh interval."""
+
+    steps: int = 1_000_000
+    batch_size: int = 256
+    gamma_refresh_interval: int = 10_000
+
+    def problems(self, prefix: str) -> list[str]:
+        out = _budget_problems(prefix, self.steps, self.batch_size)
+        if not isinstance(self.gamma_refresh_interval, int) or self.gamma_refresh_interval < 1:
+            out.append(
+                f"{prefix}gamma_refresh_interval={self.gamma_refresh_interval!r}: must be >= 1"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class GammaTableConfig(_Config):
+    """Monte-Carlo size of the Posterior-1 table ``Gamma(t)`` (:class:`PosteriorStatistics`)."""
+
+    num_times: int = 1000
+    samples_per_time: int = 4096
+    batch_size: int = 65536
+
+    def problems(self, prefix: str) -> list[str]:
+        return [
+            f"{prefix}{name}={value!r}: must be a positive integer"
+            for name, value in dataclasses.asdict(self).items()
+            if not isinstance(value, int) or value < 1
+        ]
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Config):
+    """Budgets and optimisation (the ``train`` group).
+
+    Attributes:
+        plan: ``"staged"`` (diffusion -> critic -> gamma -> energy) or ``"joint"``.
+        diffusion / critic / energy / joint / gamma_table: per-stage settings.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (per stage, to 0 at its last step).
+        grad_clip: max gradient norm per optimiser, or ``None``.
+        adam: torch Adam kernel: ``"fused"``, ``"foreach"`` or ``"loop"``.
+        log_interval / checkpoint_interval: trainer intervals (steps).
+        eval_interval / eval_episodes: evaluation during the last stage (``0``: off).
+        stop_after_stage: checkpoint and stop after this stage.
+    """
+
+    _group = "train."
+    plan: Literal["staged", "joint"] = "staged"
+    diffusion: DiffusionStageConfig = field(default_factory=DiffusionStageConfig)
+    critic: CriticStageConfig = field(default_factory=CriticStageConfig)
+    gamma_table: GammaTableConfig = field(default_factory=GammaTableConfig)
+    energy: EnergyStageConfig = field(default_factory=EnergyStageConfig)
+    joint: JointStageConfig = field(default_factory=JointStageConfig)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: float | None = None
+    adam: Literal["fused", "foreach", "loop"] = "fused"
+    log_interval: int = 1000
+    checkpoint_interval: int = 10_000
+    eval_interval: int = 0
+    eval_episodes: int = 5
+    stop_after_stage: str | None = None
+
+    @classmethod
+    def budget(cls, steps: int, batch_size: int, **kwargs: Any) -> TrainConfig:
+        """Every stage with ``steps`` steps of ``batch_size``, a tiny ``Gamma`` table, lr 1e-3.
+
+        For examples and tests: ``TrainConfig.budget(steps=100, batch_size=64)``.
+        """
+        return cls(
+            diffusion=DiffusionStageConfig(steps, batch_size, 1e-3, 0.99),
+            critic=CriticStageConfig(steps, batch_size, 1e-3, 0.01),
+            gamma_table=GammaTableConfig(8, 64, 4096),
+            energy=EnergyStageConfig(steps, batch_size, 1e-3),
+            joint=JointStageConfig(steps, batch_size, max(steps // 2, 1)),
+            **kwargs,
+        )
+
+    def stage_names(self) -> tuple[str, ...]:
+        return JOINT if self.plan == "joint" else STAGED
+
+    def problems(self, prefix: str = "train.") -> list[str]:
+        out = []
+        if self.plan not in PLANS:
+            out.append(f"{prefix}plan={self.plan!r}: use staged or joint")
+        if self.plan == "joint":  # one loop: the joint budget, each optimiser's lr
+            out += self.joint.problems(f"{prefix}joint.")
+            for name in ("diffusion", "critic", "energy"):
+                lr = getattr(self, name).lr
+                if not (isinstance(lr, (int, float)) and lr > 0):
+                    out.append(f"{prefix}{name}.lr={lr!r}: must be > 0")
+        else:
+            out += self.diffusion.problems(f"{prefix}diffusion.")
+            out += self.critic.problems(f"{prefix}critic.")
+            out += self.energy.problems(f"{prefix}energy.")
+        out += self.gamma_table.problems(f"{prefix}gamma_table.")
+        if self.lr_schedule not in ("constant", "cosine"):
+            out.append(f"{prefix}lr_schedule={self.lr_schedule!r}: use constant or cosine")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            out.append(f"{prefix}grad_clip={self.grad_clip!r}: must be > 0 or null")
+        if self.adam not in ("fused", "foreach", "loop"):
+            out.append(f"{prefix}adam={self.adam!r}: use fused, foreach or loop")
+        for name in ("log_interval", "checkpoint_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                out.append(f"{prefix}{name}={value!r}: must be a positive integer")
+        if not isinstance(self.eval_interval, int) or self.eval_interval < 0:
+            out.append(f"{prefix}eval_interval={self.eval_interval!r}: must be >= 0 (0: off)")
+        if self.eval_interval and (
+            not isinstance(self.eval_episodes, int) or self.eval_episodes < 1
+        ):
+            out.append(f"{prefix}eval_episodes={self.eval_episodes!r}: must be >= 1")
+        if self.stop_after_stage is not None and self.stop_after_stage not in self.stage_names():
+            out.append(
+                f"{prefix}stop_after_stage={self.stop_after_stage!r}: use one of "
+                f"{list(self.stage_names())} or null"
+            )
+        return out
+
+
+def config_problems(model: ModelConfig, aepo: AEPOConfig, train: TrainConfig) -> list[str]:
+    """Every invalid value of the three groups, as ``"group.key=value: what is allowed"``."""
+    return model.problems() + aepo.problems() + train.problems()
