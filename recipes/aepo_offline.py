@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import platform
 import random
@@ -135,6 +134,7 @@ def make_data(cfg: DictConfig, task, device: torch.device):
             reward_transform=cfg.data.reward_transform,
             device=device,
             seed=int(cfg.seed),
+            drop_nonfinite=bool(cfg.data.drop_nonfinite),
         )
     except DatasetUnavailableError as err:
         raise RecipeError(str(err)) from err
@@ -502,6 +502,8 @@ def make_stages(cfg: DictConfig, nets: dict, losses: dict, dataset, schedule, de
         ),
         on_diffusion_done=copy_behaviour_weights,
         gamma_refresh_interval=int(tc.joint.gamma_refresh_interval),
+        behaviour_network=nets["behaviour"],
+        gamma_generator=gamma_generator,
     )
     return stages, copy_behaviour_weights
 
@@ -520,7 +522,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         plot_guidance_sweep,
         plot_training_losses,
     )
-    from torchrl_aepo.trainer import CheckpointError, OfflineTrainer, config_hash
+    from torchrl_aepo.trainer import CheckpointError, NonFiniteError, OfflineTrainer, config_hash
 
     wall_start = time.perf_counter()
     timeit.erase()
@@ -594,7 +596,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.register_op("post_optim", evaluate_during_training)
     try:
         summary = trainer.train()
-    except CheckpointError as err:
+    except (CheckpointError, NonFiniteError) as err:
         raise RecipeError(str(err)) from err
     if summary["stopped_after"] is not None:
         _close_logger(cfg, logger)
@@ -712,8 +714,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ]
     results["plots"] = [str(p.relative_to(run_dir)) for p in plots if p is not None]
     results["timings"]["total_seconds"] = round(time.perf_counter() - wall_start, 3)
-    with open(run_dir / "results.json", "w") as f:
-        json.dump(_jsonable(results), f, indent=2)
+    write_results(run_dir / "results.json", results)
     _close_logger(cfg, logger)
     _print_report(results, sweep_table(sweep, chosen))
     return results
@@ -780,6 +781,54 @@ def _versions() -> dict:
     }
 
 
+#: Entries of results.json that hold evaluation scores: a non-finite value there is an error.
+SCORE_KEYS = (
+    "final",
+    "behaviour",
+    "improvement_over_behaviour",
+    "best",
+    "guidance_sweep",
+    "eval_during_training",
+)
+
+
+def write_results(path: Path, results: dict) -> Path:
+    """Write ``results`` to ``path`` as JSON, atomically; scores must be finite.
+
+    A NaN/inf anywhere under :data:`SCORE_KEYS` raises :class:`RecipeError` naming the
+    entries, and nothing is written (so the run also stays "unfinished" for ``resume=true``).
+    Any other non-finite float is written as the string ``"nan"``, ``"inf"`` or ``"-inf"``
+    (JSON has no such numbers), never as ``null``.
+    """
+    from torchrl_aepo.atomic import write_json_atomic
+
+    bad = [
+        f"{name}={value}"
+        for key in SCORE_KEYS
+        if key in results
+        for name, value in _non_finite(results[key], key)
+    ]
+    if bad:
+        raise RecipeError(
+            f"the evaluation gave non-finite scores ({', '.join(bad[:6])}"
+            f"{', ...' if len(bad) > 6 else ''}); {path} was not written. The policy or the "
+            f"env produced NaN/inf returns (or no episode was run): check eval.episodes and "
+            f"the dataset, and evaluate the saved {path.parent / 'actor.pt'} again."
+        )
+    return write_json_atomic(path, _jsonable(results))
+
+
+def _non_finite(obj: Any, prefix: str) -> list[tuple[str, float]]:
+    """``(dotted path, value)`` of every NaN/inf float inside ``obj``."""
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _non_finite(v, f"{prefix}.{k}")]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in _non_finite(v, f"{prefix}[{i}]")]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return [(prefix, float(obj))]
+    return []
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -790,9 +839,9 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
+        return _jsonable(obj.item())
     if isinstance(obj, float) and not np.isfinite(obj):
-        return None
+        return "nan" if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
     return str(obj)

@@ -112,8 +112,13 @@ def plot_guidance_sweep(
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (a kill never leaves a truncated PNG)."""
+    from torchrl_aepo.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
