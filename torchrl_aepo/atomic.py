@@ -23,7 +23,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_open", "save_torch_atomic", "write_json_atomic"]
+__all__ = [
+    "atomic_path",
+    "atomic_open",
+    "save_figure_atomic",
+    "save_torch_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 @contextlib.contextmanager
@@ -82,7 +89,21 @@ def write_json_atomic(
         ValueError: ``obj`` holds a non-finite float (JSON has no NaN/inf; Python would write
             the non-standard ``NaN`` token). Convert such values explicitly before writing.
     """
-    text = json.dumps(obj, indent=indent, default=default, allow_nan=False)
+    return write_text_atomic(path, json.dumps(obj, indent=indent, default=default, allow_nan=False))
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """``Path(path).write_text(text)``, atomically; returns ``path``."""
     with atomic_open(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+def save_figure_atomic(fig: Any, path: str | os.PathLike[str], **savefig_kwargs: Any) -> Path:
+    """``fig.savefig(path, **savefig_kwargs)`` (matplotlib), atomically; the format comes from
+    ``path``'s suffix (``png`` when it has none). Returns ``path``."""
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
+    return path

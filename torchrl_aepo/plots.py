@@ -113,12 +113,9 @@ def plot_guidance_sweep(
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` atomically (a kill never leaves a truncated PNG)."""
-    from torchrl_aepo.atomic import atomic_path
+    from torchrl_aepo.atomic import save_figure_atomic
 
-    path = Path(path)
     try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+        return save_figure_atomic(fig, path, dpi=110)
     finally:
         plt.close(fig)
-    return path
