@@ -439,3 +439,15 @@ def test_nan_rewards_stop_the_critic_stage_with_the_loss_name(tmp_path):
     assert "loss_qvalue + loss_value = nan" in message
     assert (tmp_path / "checkpoints" / "diffusion.pt").exists()
     assert not (tmp_path / "checkpoints" / "critic.pt").exists()
+
+
+def test_corrupt_logged_steps_file_is_a_clear_error(tmp_path):
+    from torchrl.record.loggers import get_logger
+
+    stages, _, rb, _ = _setup()
+    logger = get_logger("csv", str(tmp_path / "logs"), "x")
+    _trainer(tmp_path, stages, rb, logger=logger, stop_after_stage="diffusion").train()
+    (tmp_path / "checkpoints" / "logged_steps.json").write_text("{trunc")
+    stages, _, rb, _ = _setup()
+    with pytest.raises(CheckpointError, match=r"logged_steps.json is corrupt.*delete it"):
+        _trainer(tmp_path, stages, rb, logger=logger).train()
