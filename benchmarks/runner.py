@@ -47,6 +47,7 @@ from benchmarks.report import (
     _print_rows,
     to_markdown,
 )
+from torchrl_aepo.atomic import write_text_atomic
 
 
 def _meta(cfg: BenchConfig) -> dict[str, Any]:
@@ -211,7 +212,7 @@ def run(
     if out is not None:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        write_text_atomic(path, json.dumps(results, indent=1, default=str) + "\n")
         print(f"wrote {path}", file=stream)
     if stream is not sys.stdout:
         stream.close()
@@ -280,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         results = run(cfg, out=args.out)
     if args.markdown is not None:
-        Path(args.markdown).write_text(to_markdown(results))
+        write_text_atomic(args.markdown, to_markdown(results))
     elif args.from_json is not None:
         print(to_markdown(results))
     return 0

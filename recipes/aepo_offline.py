@@ -35,7 +35,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from torchrl_aepo import aepo
     from torchrl_aepo.evaluation import guidance_sweep, sweep_table
-    from torchrl_aepo.trainer import CheckpointError, OfflineTrainer
+    from torchrl_aepo.trainer import CheckpointError, NonFiniteError, OfflineTrainer
 
     wall_start = time.perf_counter()
     timeit.erase()
@@ -91,6 +91,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         config=utils.training_config(cfg),
         stop_after_stage=train_cfg.stop_after_stage,
         resume=cfg.resume is not False and cfg.resume != "false",
+        generators={"gamma": plan.gamma_generator},
     )
     chosen = aepo_cfg.guidance
     if train_cfg.eval_interval > 0:
@@ -105,7 +106,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.register_op("post_optim", plan.evaluation_op(evaluate, train_cfg.eval_interval))
     try:
         summary = trainer.train()
-    except CheckpointError as err:
+    except (CheckpointError, NonFiniteError) as err:
         raise RecipeError(str(err)) from err
     if summary["stopped_after"] is not None:
         utils.close_logger(logger)
@@ -145,7 +146,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_dir, trainer.history, results, title=f"{task.name} (seed {cfg.seed})"
     )
     results["timings"]["total_seconds"] = round(time.perf_counter() - wall_start, 3)
-    utils.write_results(results, run_dir / "results.json")
+    utils.write_results(run_dir / "results.json", results)
     utils.close_logger(logger)
     utils.print_report(results, sweep_table(sweep, chosen))
     return results

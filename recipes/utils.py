@@ -8,7 +8,6 @@ TorchRL's ``sota-implementations/*/utils.py``. The algorithm itself is built by
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import random
@@ -191,6 +190,7 @@ def make_data(data_cfg: DictConfig, task, eval_env_id: str | None, device: torch
             reward_transform=data_cfg.reward_transform,
             device=device,
             seed=seed,
+            drop_nonfinite=bool(data_cfg.drop_nonfinite),
         )
     except (DatasetUnavailableError, ValueError) as err:
         raise RecipeError(str(err)) from err
@@ -427,10 +427,52 @@ def write_plots(run_dir: Path, history: dict, results: dict, title: str) -> list
     return [str(p.relative_to(run_dir)) for p in plots if p is not None]
 
 
-def write_results(results: dict, path: Path) -> None:
-    """``results.json`` (numbers, tensors and arrays as JSON; non-finite floats as ``null``)."""
-    with open(path, "w") as f:
-        json.dump(jsonable(results), f, indent=2)
+#: Entries of results.json that hold evaluation scores: a non-finite value there is an error.
+SCORE_KEYS = (
+    "final",
+    "behaviour",
+    "improvement_over_behaviour",
+    "best",
+    "guidance_sweep",
+    "eval_during_training",
+)
+
+
+def write_results(path: Path, results: dict) -> Path:
+    """Write ``results`` to ``path`` as JSON, atomically; scores must be finite.
+
+    A NaN/inf anywhere under :data:`SCORE_KEYS` raises :class:`RecipeError` naming the
+    entries, and nothing is written (so the run also stays "unfinished" for ``resume=true``).
+    Any other non-finite float is written as the string ``"nan"``, ``"inf"`` or ``"-inf"``
+    (JSON has no such numbers), never as ``null``.
+    """
+    from torchrl_aepo.atomic import write_json_atomic
+
+    bad = [
+        f"{name}={value}"
+        for key in SCORE_KEYS
+        if key in results
+        for name, value in _non_finite(results[key], key)
+    ]
+    if bad:
+        raise RecipeError(
+            f"the evaluation gave non-finite scores ({', '.join(bad[:6])}"
+            f"{', ...' if len(bad) > 6 else ''}); {path} was not written. The policy or the "
+            f"env produced NaN/inf returns (or no episode was run): check eval.episodes and "
+            f"the dataset, and evaluate the saved {path.parent / 'actor.pt'} again."
+        )
+    return write_json_atomic(path, jsonable(results))
+
+
+def _non_finite(obj: Any, prefix: str) -> list[tuple[str, float]]:
+    """``(dotted path, value)`` of every NaN/inf float inside ``obj``."""
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _non_finite(v, f"{prefix}.{k}")]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in _non_finite(v, f"{prefix}[{i}]")]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return [(prefix, float(obj))]
+    return []
 
 
 def print_report(results: dict, table: str) -> None:
@@ -482,7 +524,8 @@ def versions() -> dict:
 
 
 def jsonable(obj: Any) -> Any:
-    """``obj`` with tensors, arrays and numpy scalars as plain JSON values."""
+    """``obj`` with tensors, arrays and numpy scalars as plain JSON values; NaN/inf floats as
+    the strings ``"nan"`` / ``"inf"`` / ``"-inf"`` (never ``null``)."""
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -490,9 +533,9 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         return obj.tolist()
     if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
+        return jsonable(obj.item())
     if isinstance(obj, float) and not np.isfinite(obj):
-        return None
+        return "nan" if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
     return str(obj)

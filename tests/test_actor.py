@@ -478,3 +478,159 @@ def test_compiled_sampler_matches_eager_and_reuses_the_graph_across_guidance():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
     with pytest.raises(TypeError, match="compile"):
         tiny_actor(compile="yes")
+
+
+# --------------------------------------------------------- dtype moves and files (issue 17)
+
+
+@pytest.mark.parametrize(
+    "move, dtype, rtol",
+    [
+        (lambda a: a.double(), torch.float64, 1e-6),
+        (lambda a: a.to(torch.float64), torch.float64, 1e-6),
+        (lambda a: a.half(), torch.float16, 5e-3),
+        (lambda a: a.to(torch.bfloat16), torch.bfloat16, 5e-2),
+    ],
+)
+@pytest.mark.parametrize("candidates", [1, 3])
+def test_actor_follows_dtype_moves(move, dtype, rtol, candidates):
+    from torchrl_aepo import UMLPNoisePredictor
+
+    torch.manual_seed(0)
+    kwargs = {}
+    if candidates > 1:
+        kwargs = dict(
+            num_candidates=candidates,
+            selection="argmax_q",
+            qvalue_network=TwinQNetwork(HOPPER_OBS, HOPPER_ACT, num_cells=(16,)),
+        )
+    actor = AEPOActor(
+        UMLPNoisePredictor(HOPPER_ACT, HOPPER_OBS, widths=(16, 16, 16)),
+        EnergyNetwork(HOPPER_ACT, HOPPER_OBS, num_cells=(16, 16)),
+        guidance_scale=2.0,
+        solver=DPMSolver(steps=4),
+        clip_actions=False,
+        **kwargs,
+    )
+    obs = torch.randn(6, HOPPER_OBS)
+    x_T = torch.randn(6, HOPPER_ACT)
+    with torch.no_grad():
+        reference = actor.module.denoise(obs, x_T, 2.0)
+    moved = move(actor)
+    assert moved is actor and actor.module.sample_dtype == dtype
+    assert actor.action_spec.dtype == dtype
+    # the same latent gives the same actions up to the precision of the dtype
+    with torch.no_grad():
+        out = actor.module.denoise(obs.to(dtype), x_T.to(dtype), 2.0)
+    scale = reference.abs().max()
+    assert (out.double() - reference.double()).abs().max() <= rtol * scale
+    # the public API (float32 observations from an env) runs and returns the new dtype
+    td = actor(TensorDict(observation=obs, batch_size=[6]))
+    assert td["action"].dtype == dtype and td["action"].shape == (6, HOPPER_ACT)
+    assert actor.sample(obs, generator=torch.Generator().manual_seed(0)).dtype == dtype
+    actor.float()
+    assert actor.action_spec.dtype == torch.float32
+    assert actor.sample(obs).dtype == torch.float32
+
+
+def test_networks_of_another_dtype_than_the_spec_give_a_clear_error():
+    actor = tiny_actor(guidance_scale=1.0)
+    actor.module.noise_network.double()  # moved alone, not through the actor
+    with pytest.raises(
+        ValueError,
+        match=r"noise_network: torch.float64, energy_network: torch.float32.*actor.to\(dtype\)",
+    ):
+        actor.sample(torch.randn(2, HOPPER_OBS))
+
+
+def test_saved_actor_holds_no_pickled_code_and_round_trips_bitwise(tmp_path):
+    critic = TwinQNetwork(HOPPER_OBS, HOPPER_ACT, num_cells=(16,))
+    actor = tiny_actor(
+        guidance_scale=2.0, num_candidates=2, selection="softmax_q", qvalue_network=critic
+    ).double()
+    path = tmp_path / "actor.pt"
+    actor.save(path)
+    payload = torch.load(path, weights_only=True)  # plain data only
+    assert payload["networks"]["noise_network"]["config"]["class"] == "MLPNoisePredictor"
+    assert not list(tmp_path.glob(".*tmp*"))  # the atomic write left no temporary file
+    loaded = AEPOActor.from_checkpoint(path)
+    assert loaded.action_spec.dtype == torch.float64 == loaded.module.sample_dtype
+    for a, b in zip(actor.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    obs = torch.randn(3, HOPPER_OBS)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        assert torch.equal(loaded.sample(obs), actor.sample(obs))
+
+
+def test_frozen_view_networks_are_saved(tmp_path):
+    from torchrl_aepo import ValueNetwork
+    from torchrl_aepo.objectives import ExpectileLoss, frozen_view
+
+    loss = ExpectileLoss(
+        TwinQNetwork(HOPPER_OBS, HOPPER_ACT, num_cells=(16,)),
+        ValueNetwork(HOPPER_OBS, num_cells=(16,)),
+    )
+    behaviour = frozen_view(MLPNoisePredictor(HOPPER_ACT, HOPPER_OBS, num_cells=(16,)))
+    actor = AEPOActor(
+        behaviour,
+        EnergyNetwork(HOPPER_ACT, HOPPER_OBS, num_cells=(16,)),
+        num_candidates=2,
+        selection="argmax_q",
+        qvalue_network=loss.target_qvalue_network(),
+        solver=DPMSolver(steps=4),
+    )
+    actor.save(tmp_path / "a.pt")
+    loaded = AEPOActor.from_checkpoint(tmp_path / "a.pt")
+    obs = torch.randn(3, HOPPER_OBS)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        assert torch.equal(loaded.sample(obs), actor.sample(obs))
+
+
+def test_networks_outside_torchrl_aepo_nets_are_passed_back_in(tmp_path):
+    oracle = GaussianNoiseOracle(C, V, obs_dim=OBS_DIM)
+    actor = AEPOActor(oracle, None, action_spec=Unbounded(shape=(3,)), solver=DPMSolver(steps=4))
+    actor.save(tmp_path / "a.pt")
+    with pytest.raises(
+        ValueError, match=r"noise_network is a oracles.GaussianNoiseOracle.*Pass noise_network="
+    ):
+        AEPOActor.from_checkpoint(tmp_path / "a.pt")
+    loaded = AEPOActor.from_checkpoint(
+        tmp_path / "a.pt", noise_network=GaussianNoiseOracle([0.0, 0.0, 0.0], V, obs_dim=OBS_DIM)
+    )
+    assert torch.equal(loaded.noise_network.c, oracle.c)  # the stored tensors were loaded
+    with pytest.raises(ValueError, match="does not fit"):
+        AEPOActor.from_checkpoint(tmp_path / "a.pt", noise_network=EnergyNetwork(3, OBS_DIM))
+
+
+def _valid_actor_file(tmp_path):
+    path = tmp_path / "good.pt"
+    tiny_actor().save(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (lambda good: b"", "empty, truncated or not a torch file"),
+        (lambda good: good[: len(good) // 2], "empty, truncated or not a torch file"),
+        (lambda good: b"garbage" * 100, "not a torch file .UnpicklingError: Unsupported operand"),
+        # an old (pickled modules) checkpoint
+        (None, "holds pickled Python objects .UnpicklingError: it needs the class torch.nn"),
+    ],
+)
+def test_corrupt_actor_files_name_the_file_and_what_to_do(tmp_path, content, match):
+    from torchrl_aepo.actor import ActorCheckpointError
+
+    path = tmp_path / "actor.pt"
+    if content is None:
+        torch.save(
+            {"format": "torchrl_aepo.AEPOActor/1", "noise_network": torch.nn.Linear(1, 1)}, path
+        )
+    else:
+        path.write_bytes(content(_valid_actor_file(tmp_path)))
+    with pytest.raises(ActorCheckpointError, match=match) as err:
+        AEPOActor.from_checkpoint(path)
+    assert isinstance(err.value, ValueError)
+    assert str(path) in str(err.value) and "re-run the recipe with the same run_dir" in str(
+        err.value
+    )

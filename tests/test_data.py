@@ -448,3 +448,140 @@ def test_cli_lists_and_builds(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert str(tmp_path / "local/pendulum/random-v0") in out and "400 transitions" in out
+
+
+# ------------------------------------------------------------- non-finite data (issue 17)
+
+
+@pytest.fixture(scope="module")
+def clean_pendulum(tmp_path_factory):
+    """A tiny local dataset to corrupt (copied per test)."""
+    root = tmp_path_factory.mktemp("clean")
+    build_local_dataset("pendulum-medium", root=root, num_steps=600, ref_episodes=2)
+    return root
+
+
+def _corrupted(clean_root, tmp_path, field, value, episode=1, step=5):
+    """A copy of the clean dataset with ``episode``'s ``field[step]`` set to ``value``."""
+    import shutil
+
+    root = tmp_path / "minari"
+    shutil.copytree(clean_root, root, ignore=shutil.ignore_patterns(".torchrl"))
+    h5 = root / "local/pendulum/medium-v0/data/main_data.hdf5"
+    with h5py.File(h5, "r+") as f:
+        data = f[f"episode_{episode}"][field]
+        data[step] = value if np.ndim(data[step]) == 0 else np.full(data[step].shape, value)
+    return root
+
+
+@pytest.mark.parametrize(
+    "field, key",
+    [
+        ("rewards", "('next', 'reward')"),
+        ("actions", "'action'"),
+        ("observations", "'observation'"),
+    ],
+)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_values_are_refused_naming_field_count_and_place(
+    clean_pendulum, tmp_path, field, key, value
+):
+    root = _corrupted(clean_pendulum, tmp_path, field, value)
+    with pytest.raises(pre.NonFiniteDataError) as err:
+        make_offline_data("pendulum-medium", root=root)
+    message = str(err.value)
+    assert isinstance(err.value, ValueError)
+    assert "local/pendulum/medium-v0" in message and "drop_nonfinite=True" in message
+    assert f"{key}: " in message and "first at episode 1, step 5" in message
+    if field == "observations":  # o[5] is observation 5 and the next observation of step 4
+        assert (
+            "('next', 'observation'): 3 NaN/inf values in 1 transition; first at episode 1, step 4"
+            in message
+        )
+        assert "drop the 2 affected transitions" in message
+    else:
+        assert "drop the 1 affected transitions" in message
+
+
+def test_drop_nonfinite_drops_the_affected_transitions_and_says_how_many(clean_pendulum, tmp_path):
+    _, clean = make_offline_data("pendulum-medium", root=clean_pendulum)
+    root = _corrupted(clean_pendulum, tmp_path, "observations", float("nan"))
+    with pytest.warns(UserWarning, match=r"dropped 2 of 600 transitions"):
+        rb, meta = make_offline_data("pendulum-medium", root=root, drop_nonfinite=True)
+    td = rb[:]
+    assert meta.num_transitions == len(td) == clean.num_transitions - 2 == 598
+    assert meta.num_dropped_nonfinite == 2 and meta.num_episodes == clean.num_episodes
+    assert all(torch.isfinite(v).all() for v in td.values(True, True) if v.dtype.is_floating_point)
+    assert OfflineMetadata.from_dict(json.loads(json.dumps(meta.to_dict()))) == meta
+
+
+def test_recipe_passes_data_drop_nonfinite(clean_pendulum, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("aepo_recipe", repo / "recipes/aepo_offline.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    root = _corrupted(clean_pendulum, tmp_path, "rewards", float("inf"))
+    overrides = ["task=pendulum-medium", f"data.root={root}", f"run_dir={tmp_path}/run"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(repo / "configs")):
+        cfg = compose(config_name="config", overrides=overrides)
+        dropping = compose(config_name="config", overrides=[*overrides, "data.drop_nonfinite=true"])
+    task = recipe.utils.make_task(cfg.task)
+    # the recipe reports the loader's NonFiniteDataError as a RecipeError (no traceback)
+    with pytest.raises(recipe.RecipeError, match="data.drop_nonfinite=true"):
+        recipe.utils.make_data(cfg.data, task, None, torch.device("cpu"), 0)
+    with pytest.warns(UserWarning, match="dropped 1 of 600"):
+        _, meta = recipe.utils.make_data(dropping.data, task, None, torch.device("cpu"), 0)
+    assert meta.num_dropped_nonfinite == 1 and meta.reward_scale > 0
+
+
+@pytest.mark.parametrize(
+    "returns, match",
+    [
+        ([1.0, float("inf"), 3.0], r"0 are NaN and 1 infinite \(first: episode 1, return inf\)"),
+        ([float("nan"), 2.0], r"1 are NaN and 0 infinite \(first: episode 0, return nan\)"),
+        ([1e-320, 2e-320], r"unusable"),
+        ([], r"at least one episode"),
+    ],
+)
+def test_iql_reward_transform_says_what_is_wrong(returns, match):
+    with pytest.raises(ValueError, match=match) as err:
+        pre.reward_transform_params("iql_locomotion", torch.tensor(returns, dtype=torch.float64))
+    assert "max - min = nan" not in str(err.value)  # the old, misleading advice
+
+
+def test_check_finite_on_a_hand_built_dataset():
+    td = TensorDict(
+        {
+            "observation": torch.zeros(5, 2),
+            "action": torch.tensor([[0.0], [0.0], [float("nan")], [0.0], [float("nan")]]),
+            "episode": torch.tensor([0, 0, 1, 1, 1]),
+            "next": {"reward": torch.zeros(5, 1), "done": torch.zeros(5, 1, dtype=torch.bool)},
+        },
+        [5],
+    )
+    with pytest.raises(
+        pre.NonFiniteDataError,
+        match=r"'action': 2 NaN/inf values in 2 transitions; first at episode 1, step 0 \(transition 2\): nan",
+    ):
+        pre.check_finite(td, source="toy")
+    kept, report = pre.check_finite(td, drop=True)
+    assert report.num_dropped == 2 and kept["episode"].tolist() == [0, 0, 1]
+    same, report = pre.check_finite(kept)
+    assert same is kept and report.fields == [] and report.num_dropped == 0
+    with pytest.raises(pre.NonFiniteDataError, match="would leave nothing"):
+        pre.check_finite(td[2:3], drop=True)
+
+
+def test_remote_minari_without_network_names_the_network_first(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _block_network(monkeypatch)
+    with pytest.raises(DatasetUnavailableError) as err:
+        make_offline_data("D4RL/door/human-v2", root=tmp_path)
+    message = str(err.value)
+    assert "no network connection to the Minari remote" in message and "unreachable" in message
+    assert not message.split("Looked in:")[0].rstrip().endswith("`pip install huggingface_hub`")

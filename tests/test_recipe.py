@@ -322,3 +322,39 @@ def test_eval_env_override_is_honoured(recipe, data_root, tmp_path):
         )
     )
     assert results["dataset"]["metadata"]["eval_env_id"] == "PendulumCopy-v0"
+
+
+def test_non_finite_scores_are_an_error_and_other_values_explicit(recipe, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "results.json"
+    bad = {
+        "final": {"normalized_mean": float("nan")},
+        "guidance_sweep": [{"x": 1.0}, {"x": -np.inf}],
+    }
+    with pytest.raises(
+        recipe.RecipeError, match=r"final.normalized_mean=nan, guidance_sweep\[1\].x=-inf"
+    ):
+        recipe.utils.write_results(path, bad)
+    assert not path.exists()
+    recipe.utils.write_results(
+        path,
+        {"final": {"normalized_mean": 1.5}, "timings": {"a": float("inf"), "b": np.float64("nan")}},
+    )
+    assert json.loads(path.read_text()) == {
+        "final": {"normalized_mean": 1.5},
+        "timings": {"a": "inf", "b": "nan"},
+    }
+    assert "null" not in path.read_text()
+
+
+def test_diverging_training_stops_with_a_clear_error(recipe, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = _cfg(data_root, run_dir, "train.diffusion.lr=1e30", "train.adam=loop")
+    with pytest.raises(
+        recipe.RecipeError,
+        match=r"Training stopped in stage 'diffusion' at step \d+/30: non-finite loss_diffusion",
+    ) as err:
+        recipe.run(cfg)
+    assert "start a new run_dir" in str(err.value)
+    assert not (run_dir / "results.json").exists() and not (run_dir / "actor.pt").exists()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -35,10 +36,10 @@ from torchrl_aepo.diffusion.schedule import VPSchedule
 from torchrl_aepo.diffusion.solver import DPMSolver
 from torchrl_aepo.nets import ActionGradientContextNetwork, SamplingContextNetwork
 
-__all__ = ["AEPOActor"]
+__all__ = ["AEPOActor", "ActorCheckpointError"]
 
 SELECTION_RULES = ("first", "argmax_q", "softmax_q")
-_CHECKPOINT_FORMAT = "torchrl_aepo.AEPOActor/1"
+_CHECKPOINT_FORMAT = "torchrl_aepo.AEPOActor/2"
 _SOLVER_ARGS = (
     "algorithm",
     "order",
@@ -89,6 +90,8 @@ class _GuidedSampler(nn.Module):
         self.solver = solver
         self.obs_dim = obs_dim
         self.action_dim = int(action_spec.shape[-1])
+        #: dtype sampling runs in (observations are cast to it): the action spec's; a dtype
+        #: move of the actor (``.to(dtype)``, ``.double()``, ...) sets it to the networks'.
         self.sample_dtype = action_spec.dtype
         self.guidance_scale = guidance_scale
         self.rescale = rescale
@@ -122,6 +125,7 @@ class _GuidedSampler(nn.Module):
         if generator is None and exploration_type() not in (None, ExplorationType.RANDOM):
             generator = torch.Generator(device=observation.device)
             generator.manual_seed(self.deterministic_seed)
+        self._check_network_dtypes()
         batch_shape = observation.shape[:-1]
         obs = observation.reshape(-1, observation.shape[-1]).to(self.sample_dtype)
         previous_threads = torch.get_num_threads()
@@ -138,10 +142,44 @@ class _GuidedSampler(nn.Module):
                     if obs.is_inference():
                         obs = obs.clone()
                     action = self._sample_flat(obs, generator)
+        except RuntimeError as err:
+            if "dtype" not in str(err) and "scalar type" not in str(err):
+                raise
+            raise ValueError(self._dtype_message(err)) from err
         finally:
             if torch.get_num_threads() != previous_threads:
                 torch.set_num_threads(previous_threads)
         return action.reshape(*batch_shape, self.action_dim)
+
+    def _check_network_dtypes(self) -> None:
+        """The networks used by this call must share one floating dtype (or hold none)."""
+        used = [self.noise_network]
+        if self.guided:
+            used.append(self.energy_network)
+        if self.num_candidates > 1 and self.qvalue_network is not None:
+            used.append(self.qvalue_network)
+        dtypes = {_floating_dtype(net) for net in used} - {None}
+        if len(dtypes) > 1:
+            raise ValueError(self._dtype_message(None))
+
+    def _dtype_message(self, err: Exception | None) -> str:
+        nets = {
+            name: _floating_dtype(net)
+            for name, net in (
+                ("noise_network", self.noise_network),
+                ("energy_network", self.energy_network),
+                ("qvalue_network", self.qvalue_network),
+            )
+            if net is not None
+        }
+        found = ", ".join(f"{k}: {v}" for k, v in nets.items())
+        failed = "cannot run: the networks differ" if err is None else f"failed ({err})"
+        return (
+            f"AEPOActor sampling in {self.sample_dtype} {failed}. The networks hold "
+            f"{found}; the sampling dtype is the action spec's ({self.sample_dtype}). Move the "
+            f"whole actor with actor.to(dtype) / actor.double() (networks and spec together), "
+            f"or build the networks and the action spec with one dtype."
+        )
 
     def _autograd_free(self) -> bool:
         """Whether sampling needs no autograd (context networks, hand-written energy gradient)."""
@@ -194,7 +232,8 @@ class _GuidedSampler(nn.Module):
         """
         action = self.solver.sample(self._noise_fn(obs, guidance), x_T)
         if self.clip_actions:
-            action = torch.clamp(action, self.action_low, self.action_high)
+            low, high = self.action_low.to(action.dtype), self.action_high.to(action.dtype)
+            action = torch.clamp(action, low, high)
         return action
 
     def _noise_fn(
@@ -323,11 +362,12 @@ class AEPOActor(SafeModule):
         in_keys: the observation key (one key). Defaults to ``("observation",)``.
         out_keys: the action key (one key). Defaults to ``("action",)``.
 
-    Checkpoints: :meth:`save` writes the network *modules* themselves (pickled with their
-    parameters, so any importable ``nn.Module`` works) together with the action spec, the
-    solver and schedule configuration and all sampling hyperparameters;
-    :meth:`from_checkpoint` rebuilds the actor, optionally overriding any constructor argument.
-    Loading unpickles code objects: only load checkpoints you trust. The standard
+    Checkpoints: :meth:`save` writes each network's tensors and plain constructor config
+    together with the action spec, the solver and schedule configuration and all sampling
+    hyperparameters, atomically and without pickled code; :meth:`from_checkpoint` reads it
+    with ``torch.load(weights_only=True)``, rebuilds the networks of :mod:`torchrl_aepo.nets`
+    (other networks are passed in as overrides and receive the stored weights) and the actor,
+    optionally overriding any constructor argument. The standard
     ``state_dict`` / ``load_state_dict`` hold the network parameters only (keys
     ``module.noise_network.*``, ``module.energy_network.*``, ``module.qvalue_network.*``).
 
@@ -433,6 +473,19 @@ class AEPOActor(SafeModule):
             sampler, in_keys=in_keys, out_keys=out_keys, spec=Composite({out_keys[0]: spec})
         )
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> AEPOActor:
+        """``nn.Module._apply`` (``.to``, ``.double()``, ``.half()``, ...); when it changes the
+        noise network's dtype, sampling and the action spec follow it (so ``actor.spec``
+        describes what the actor returns). Device-only moves leave the dtype alone."""
+        before = _floating_dtype(self.module.noise_network)
+        out = super()._apply(fn, recurse)
+        after = _floating_dtype(self.module.noise_network)
+        if after is not None and after != before:  # a dtype move, not only a device move
+            self.module.sample_dtype = after
+            if self.action_spec.dtype != after:
+                self.spec[self.out_keys[0]] = self.action_spec.to(after)
+        return out
+
     # ------------------------------------------------------------------ tensor API
     def sample(self, observation: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Sample actions for raw observations ``[*B, s] -> [*B, d]`` without a TensorDict.
@@ -514,17 +567,32 @@ class AEPOActor(SafeModule):
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the networks (modules with their parameters) and :meth:`config` to ``path``."""
-        torch.save(
-            {
-                "format": _CHECKPOINT_FORMAT,
-                "noise_network": self.noise_network,
-                "energy_network": self.energy_network,
-                "qvalue_network": self.qvalue_network,
-                "config": self.config(),
-            },
-            path,
-        )
+        """Write the networks' tensors and a plain config to ``path`` (atomically).
+
+        The file holds only tensors and plain Python values (no pickled code), so
+        :meth:`from_checkpoint` reads it with ``torch.load(weights_only=True)``: per network its
+        :func:`~torchrl_aepo.nets.network_config` (class name and constructor arguments, or
+        ``None`` for networks outside :mod:`torchrl_aepo.nets`) and all its parameters and
+        buffers by name; the action spec as bounds and dtype; and :meth:`config`'s
+        sampling hyperparameters.
+        """
+        from torchrl_aepo.atomic import save_torch_atomic
+        from torchrl_aepo.nets import network_config
+
+        networks = {}
+        for name in _NETWORK_ARGS:
+            net = getattr(self, name)
+            networks[name] = None
+            if net is not None:
+                networks[name] = {
+                    "config": network_config(net),
+                    "type": f"{type(net).__module__}.{type(net).__qualname__}",
+                    "state": _network_tensors(net),
+                }
+        config = self.config()
+        config["action_spec"] = _plain_spec(config["action_spec"])
+        payload = {"format": _CHECKPOINT_FORMAT, "networks": networks, "config": config}
+        save_torch_atomic(payload, path)
 
     @classmethod
     def from_checkpoint(
@@ -534,7 +602,7 @@ class AEPOActor(SafeModule):
         map_location: torch.device | str | None = None,
         **overrides: Any,
     ) -> AEPOActor:
-        """Rebuild an actor written by :meth:`save`.
+        """Rebuild an actor written by :meth:`save` (read with ``weights_only=True``).
 
         Args:
             path: the checkpoint file.
@@ -542,23 +610,163 @@ class AEPOActor(SafeModule):
             **overrides: any constructor argument, replacing the stored one (for instance
                 ``guidance_scale=3.0``, ``solver=DPMSolver(steps=30)`` or ``num_candidates`` with
                 ``selection``). A ``schedule`` override without a ``solver`` keeps the stored
-                solver configuration on the new schedule.
+                solver configuration on the new schedule. A network override
+                (``noise_network=``, ``energy_network=``, ``qvalue_network=``) is a module of the
+                stored architecture that receives the stored weights; it is required for
+                networks that are not one of :mod:`torchrl_aepo.nets` (they cannot be rebuilt
+                from a plain config). ``None`` drops a network (e.g. ``energy_network=None``
+                for the behaviour policy).
+
+        Raises:
+            ActorCheckpointError: (a ``ValueError``) the file is empty, truncated, not a torch
+                file, an old pickled-module checkpoint or not an ``AEPOActor`` checkpoint; or
+                a network cannot be rebuilt or does not match the stored weights. The message
+                names the file and what to do.
+            FileNotFoundError: there is no file at ``path``.
         """
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        where = os.fspath(path)
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001 - zip, pickle, EOF, unsupported-global errors
+            detail = _load_error_detail(err)
+            if "Unsupported global" in str(err):
+                raise ActorCheckpointError(
+                    f"{where!r} holds pickled Python objects ({detail}), e.g. an actor "
+                    "saved by torchrl-aepo < 0.2, which pickled whole modules. It is not loaded, "
+                    "because unpickling can run arbitrary code. If you trust the file, load it "
+                    "with torch.load(path, weights_only=False), rebuild AEPOActor from its "
+                    "networks and save() it again; else re-create it (see below).\n"
+                    + _RECREATE_HINT
+                ) from err
+            raise ActorCheckpointError(
+                f"{where!r} is not a readable AEPOActor checkpoint: it is empty, truncated or "
+                f"not a torch file ({detail}).\n" + _RECREATE_HINT
+            ) from err
         if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"{os.fspath(path)!r} is not an AEPOActor checkpoint written by save()."
+            raise ActorCheckpointError(
+                f"{where!r} is not an AEPOActor checkpoint written by save() (format tag "
+                f"{payload.get('format') if isinstance(payload, dict) else None!r}, expected "
+                f"{_CHECKPOINT_FORMAT!r}).\n" + _RECREATE_HINT
             )
-        kwargs = dict(payload["config"])
-        solver_args = kwargs.pop("solver")
-        schedule = VPSchedule(**kwargs.pop("schedule"))
-        for name in ("noise_network", "energy_network", "qvalue_network"):
-            kwargs[name] = payload[name]
-        kwargs.update(overrides)
+        try:
+            kwargs = dict(payload["config"])
+            solver_args = kwargs.pop("solver")
+            schedule = VPSchedule(**kwargs.pop("schedule"))
+            kwargs["action_spec"] = _spec_from_plain(kwargs["action_spec"])
+            stored = payload["networks"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ActorCheckpointError(
+                f"{where!r} is an AEPOActor checkpoint with a damaged config ({err!r}).\n"
+                + _RECREATE_HINT
+            ) from err
+        for name in _NETWORK_ARGS:
+            kwargs[name] = _restore_network(where, name, stored.get(name), overrides)
+        kwargs.update({k: v for k, v in overrides.items() if k not in _NETWORK_ARGS})
         if "solver" not in overrides:
             schedule = kwargs.pop("schedule", schedule)
             kwargs["solver"] = DPMSolver(schedule, **solver_args)
         return cls(**kwargs)
+
+
+class ActorCheckpointError(ValueError):
+    """An ``AEPOActor`` checkpoint cannot be read or does not match the requested networks."""
+
+
+_NETWORK_ARGS = ("noise_network", "energy_network", "qvalue_network")
+_RECREATE_HINT = (
+    "To re-create it: call AEPOActor.save(path) on the trained actor, or re-run the recipe with "
+    "the same run_dir (finished stages are restored from checkpoints/, not retrained, and "
+    "actor.pt is written again)."
+)
+
+
+def _load_error_detail(err: Exception) -> str:
+    """A one-line summary of a ``torch.load`` error (its messages run over many lines)."""
+    text = str(err)
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if match:
+        return f"{type(err).__name__}: it needs the class {match.group(1)}"
+    match = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+    line = match.group(1) if match else (text.splitlines() or [""])[0]
+    return f"{type(err).__name__}: {line.strip()[:160]}"
+
+
+def _network_tensors(network: nn.Module) -> dict[str, Tensor]:
+    """Every parameter and buffer (persistent or not, e.g. of a frozen view) by name, on CPU."""
+    tensors = dict(network.named_parameters(remove_duplicate=False))
+    tensors.update(network.named_buffers(remove_duplicate=False))
+    return {k: v.detach().cpu().clone() for k, v in tensors.items()}
+
+
+def _restore_network(
+    where: str, name: str, entry: Mapping[str, Any] | None, overrides: Mapping[str, Any]
+) -> nn.Module | None:
+    """The network ``name`` of a checkpoint: built from its config (or the override), with the
+    stored tensors copied in (converted to their stored dtype)."""
+    from torchrl_aepo.nets import build_network
+
+    if name in overrides:
+        network = overrides[name]
+        if network is None or entry is None:
+            return network
+    elif entry is None:
+        return None
+    elif entry.get("config") is None:
+        raise ActorCheckpointError(
+            f"{where!r}: {name} is a {entry.get('type')}, which is not one of torchrl_aepo.nets "
+            f"and cannot be rebuilt from the checkpoint. Pass {name}=<an untrained module of "
+            f"that architecture> to AEPOActor.from_checkpoint; the stored weights are loaded "
+            f"into it."
+        )
+    else:
+        network = build_network(entry["config"])
+    state = entry["state"]
+    targets = dict(network.named_parameters(remove_duplicate=False))
+    targets.update(network.named_buffers(remove_duplicate=False))
+    missing, unexpected = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} stored vs {tuple(v.shape)}"
+        for k, v in targets.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        raise ActorCheckpointError(
+            f"{where!r}: the stored {name} does not fit {type(network).__name__} (missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}, shapes {wrong[:3]}); pass a module of "
+            "the stored architecture, or none to use the stored one."
+        )
+    dtype = next((t.dtype for t in state.values() if t.dtype.is_floating_point), None)
+    if dtype is not None:
+        network = network.to(dtype)
+        targets = dict(network.named_parameters(remove_duplicate=False))
+        targets.update(network.named_buffers(remove_duplicate=False))
+    with torch.no_grad():
+        for key, target in targets.items():
+            target.copy_(state[key])
+    return network
+
+
+def _plain_spec(spec: TensorSpec) -> dict[str, Any]:
+    """An action spec as tensors and strings (readable with ``weights_only=True``)."""
+    dtype = str(spec.dtype).removeprefix("torch.")
+    if isinstance(spec, Bounded):
+        return {
+            "kind": "bounded",
+            "low": spec.space.low.clone(),
+            "high": spec.space.high.clone(),
+            "dtype": dtype,
+        }
+    return {"kind": "unbounded", "shape": list(spec.shape), "dtype": dtype}
+
+
+def _spec_from_plain(plain: Mapping[str, Any]) -> TensorSpec:
+    dtype = getattr(torch, plain["dtype"])
+    if plain["kind"] == "bounded":
+        low, high = plain["low"], plain["high"]
+        return Bounded(low, high, shape=low.shape, dtype=dtype)
+    return Unbounded(shape=tuple(plain["shape"]), dtype=dtype)
 
 
 _COMPILED: dict[str, Callable[..., Tensor]] = {}
@@ -603,6 +811,14 @@ def _energy_gradient_eval(
         return value_and_input_gradient(lambda x_in: network(x_in, t, obs), x)[1]
 
     return gradient
+
+
+def _floating_dtype(network: nn.Module) -> torch.dtype | None:
+    """dtype of the first floating parameter (or buffer) of ``network``; ``None`` if it has none."""
+    for tensor in itertools.chain(network.parameters(), network.buffers()):
+        if tensor.dtype.is_floating_point:
+            return tensor.dtype
+    return None
 
 
 def _optional_dim(network: nn.Module, name: str) -> int | None:

@@ -37,6 +37,9 @@ from torchrl_aepo.autograd import value_and_input_gradient
 __all__ = [
     "ActionGradientContextNetwork",
     "SamplingContextNetwork",
+    "NETWORK_CLASSES",
+    "build_network",
+    "network_config",
     "GaussianFourierEmbedding",
     "UMLPNoisePredictor",
     "MLPNoisePredictor",
@@ -78,6 +81,63 @@ class ActionGradientContextNetwork(SamplingContextNetwork, Protocol):
     def action_gradient_context(self, noisy_action: Tensor, index: int, context: dict) -> Tensor:
         """``grad_{a_t} f(s, a_t, times[index])`` ``[N, d]`` with a :meth:`sampling_context`."""
         ...
+
+
+def _record_config(net: nn.Module, **kwargs) -> None:
+    """Keep a network's constructor arguments as plain values (see :func:`network_config`).
+
+    An activation class is recorded by name when it is one of ``torch.nn``'s, else as
+    ``None`` (such a network cannot be rebuilt from its config alone).
+    """
+    activation = kwargs.get("activation")
+    if activation is not None:
+        name = getattr(activation, "__name__", None)
+        kwargs["activation"] = name if getattr(nn, str(name), None) is activation else None
+        if kwargs["activation"] is None:
+            kwargs["_unbuildable"] = f"activation {activation!r} is not a torch.nn class"
+    for key, value in kwargs.items():
+        if isinstance(value, (tuple, list)):
+            kwargs[key] = [int(v) for v in value]
+    net._config = kwargs
+
+
+def network_config(network: nn.Module) -> dict | None:
+    """A plain (JSON-like) description ``{"class": name, "kwargs": {...}}`` that
+    :func:`build_network` turns back into an untrained network of the same architecture.
+
+    ``None`` for networks that are not one of :data:`NETWORK_CLASSES` (or use an activation
+    outside ``torch.nn``). Works on :func:`~torchrl_aepo.objectives.frozen_view` copies too.
+
+    Example:
+        >>> network_config(ValueNetwork(obs_dim=3, num_cells=(8,)))
+        {'class': 'ValueNetwork', 'kwargs': {'obs_dim': 3, 'num_cells': [8], 'activation': 'ReLU'}}
+    """
+    config = getattr(network, "_config", None)
+    name = type(network).__name__
+    if config is None or "_unbuildable" in config or NETWORK_CLASSES.get(name) is not type(network):
+        return None
+    return {"class": name, "kwargs": dict(config)}
+
+
+def build_network(config: dict) -> nn.Module:
+    """The untrained network described by :func:`network_config`'s output.
+
+    Raises:
+        ValueError: unknown class name or arguments.
+    """
+    name = config.get("class") if isinstance(config, dict) else None
+    if name not in NETWORK_CLASSES:
+        raise ValueError(
+            f"cannot build a network from {config!r}: the class must be one of "
+            f"{sorted(NETWORK_CLASSES)}."
+        )
+    kwargs = dict(config.get("kwargs", {}))
+    if kwargs.get("activation") is not None:
+        kwargs["activation"] = getattr(nn, kwargs["activation"])
+    try:
+        return NETWORK_CLASSES[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"cannot build {name} from the arguments {kwargs}: {err}") from err
 
 
 def _check_last_dim(name: str, x: Tensor, expected: int) -> None:
@@ -222,6 +282,15 @@ class UMLPNoisePredictor(nn.Module):
         super().__init__()
         if len(widths) != 3:
             raise ValueError(f"UMLPNoisePredictor needs three widths (w1, w2, w3), got {widths}.")
+        _record_config(
+            self,
+            action_dim=action_dim,
+            obs_dim=obs_dim,
+            widths=widths,
+            embed_dim=embed_dim,
+            cond_dim=cond_dim,
+            activation=activation,
+        )
         w1, w2, w3 = (int(w) for w in widths)
         self.action_dim, self.obs_dim = action_dim, obs_dim
         self.conditioning = _TimeStateConditioning(obs_dim, embed_dim, cond_dim, activation)
@@ -326,6 +395,14 @@ class MLPNoisePredictor(nn.Module):
         activation: type[nn.Module] = nn.SiLU,
     ) -> None:
         super().__init__()
+        _record_config(
+            self,
+            action_dim=action_dim,
+            obs_dim=obs_dim,
+            num_cells=num_cells,
+            embed_dim=embed_dim,
+            activation=activation,
+        )
         self.action_dim, self.obs_dim = action_dim, obs_dim
         self.time_embed = nn.Sequential(
             GaussianFourierEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim)
@@ -370,6 +447,14 @@ class EnergyNetwork(nn.Module):
         activation: type[nn.Module] = nn.SiLU,
     ) -> None:
         super().__init__()
+        _record_config(
+            self,
+            action_dim=action_dim,
+            obs_dim=obs_dim,
+            num_cells=num_cells,
+            embed_dim=embed_dim,
+            activation=activation,
+        )
         self.action_dim, self.obs_dim = action_dim, obs_dim
         self.time_embed = nn.Sequential(
             GaussianFourierEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim)
@@ -505,6 +590,14 @@ class TwinQNetwork(nn.Module):
         super().__init__()
         if not num_cells:
             raise ValueError("TwinQNetwork needs at least one hidden layer.")
+        _record_config(
+            self,
+            obs_dim=obs_dim,
+            action_dim=action_dim,
+            num_cells=num_cells,
+            num_heads=num_heads,
+            activation=activation,
+        )
         self.obs_dim, self.action_dim, self.num_heads = obs_dim, action_dim, num_heads
         sizes = [obs_dim + action_dim, *num_cells, 1]
         self.weights = nn.ParameterList()
@@ -552,6 +645,7 @@ class ValueNetwork(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
+        _record_config(self, obs_dim=obs_dim, num_cells=num_cells, activation=activation)
         self.obs_dim = obs_dim
         self.mlp = MLP(
             in_features=obs_dim,
@@ -564,6 +658,13 @@ class ValueNetwork(nn.Module):
         """``[*B, s] -> [*B, 1]``."""
         _check_last_dim("observation", observation, self.obs_dim)
         return self.mlp(observation)
+
+
+#: The networks :func:`build_network` can rebuild from a plain config.
+NETWORK_CLASSES: dict[str, type[nn.Module]] = {
+    cls.__name__: cls
+    for cls in (UMLPNoisePredictor, MLPNoisePredictor, EnergyNetwork, TwinQNetwork, ValueNetwork)
+}
 
 
 def noise_prediction_module(

@@ -112,8 +112,10 @@ def plot_guidance_sweep(
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    """Write ``fig`` to ``path`` atomically (a kill never leaves a truncated PNG)."""
+    from torchrl_aepo.atomic import save_figure_atomic
+
+    try:
+        return save_figure_atomic(fig, path, dpi=110)
+    finally:
+        plt.close(fig)

@@ -20,6 +20,18 @@ Checkpoints: ``<run_dir>/checkpoints/<stage>.pt`` is written every ``checkpoint_
 steps and when the stage finishes (atomically: temporary file + ``os.replace``), so a kill
 loses at most one interval. On restart the trainer loads every stage checkpoint, skips the
 finished stages and continues the unfinished one from its last saved step.
+
+Reproducible resume: a checkpoint also holds every random state a step can read (torch's,
+numpy's and Python's global generators, the replay buffer's ``torch.Generator`` and its
+sampler's state, and the extra ``generators`` given to the trainer) and the partial sums of the
+logging interval, so that on CPU a run killed and resumed mid-stage ends with exactly the
+weights and logged history of the uninterrupted run. Steps already sent to the logger before
+the kill are not sent again (``checkpoints/logged_steps.json`` records the last logged step of
+each stage), so CSV logs hold each step once.
+
+Non-finite values: :class:`OptimizerStep` checks the loss and the gradients before every
+update and raises :class:`NonFiniteError` (without applying the update); the trainer adds the
+stage and step and stops, leaving the last good checkpoint untouched.
 """
 
 from __future__ import annotations
@@ -42,22 +54,43 @@ from torch import Tensor
 from torchrl._utils import timeit
 from tqdm.auto import tqdm
 
+from torchrl_aepo.atomic import save_torch_atomic, write_json_atomic
+
 __all__ = [
     "CheckpointError",
+    "NonFiniteError",
     "Stage",
     "OfflineTrainer",
     "OptimizerStep",
+    "GeneratorState",
     "adam_step",
     "config_hash",
     "cosine_or_constant",
 ]
-
 CHECKPOINT_FORMAT = "torchrl-aepo-stage-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint in the run directory is unreadable or belongs to a different configuration."""
+
+
+class NonFiniteError(ValueError):
+    """A loss or a gradient is NaN or infinite; the update was not applied.
+
+    Attributes:
+        loss_name: name of the loss (``None`` when the caller gave none).
+        loss_value: the loss value (a float, possibly finite when only gradients are not).
+        bad_gradients: ``"<param index> <shape>: <nan/inf counts>"`` of the non-finite gradients.
+    """
+
+    def __init__(
+        self, message: str, loss_name: str | None, loss_value: float, bad_gradients: list[str]
+    ) -> None:
+        super().__init__(message)
+        self.loss_name = loss_name
+        self.loss_value = loss_value
+        self.bad_gradients = bad_gradients
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -121,27 +154,41 @@ class _StageRecord:
 
 @dataclass
 class OptimizerStep:
-    """``zero_grad`` / ``backward`` / optional grad clipping / ``step`` / optional lr schedule.
+    """``zero_grad`` / ``backward`` / finiteness check / grad clipping / ``step`` / lr schedule.
 
     Args:
         optimizer: the optimiser.
-        params: the parameters to clip (defaults to the optimiser's).
+        params: the parameters to clip and check (defaults to the optimiser's).
         grad_clip: max global gradient norm, or ``None``.
         scheduler: an optional lr scheduler stepped after each optimiser step.
+        check_finite: before stepping, check that the loss and every gradient are finite
+            (one fused reduction and one host sync per step); a non-finite value raises
+            :class:`NonFiniteError` and the parameters, optimiser and scheduler are left as they
+            were. Defaults to ``True``.
+        name: the loss name used in error messages (``__call__``'s ``name`` overrides it).
     """
 
     optimizer: torch.optim.Optimizer
     grad_clip: float | None = None
     scheduler: Any = None
     params: list[Tensor] = field(default_factory=list)
+    check_finite: bool = True
+    name: str | None = None
 
     def __post_init__(self) -> None:
         if not self.params:
             self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def __call__(self, loss: Tensor) -> Tensor | None:
+    def __call__(self, loss: Tensor, name: str | None = None) -> Tensor | None:
+        """One update on ``loss`` (a scalar); returns the pre-clip gradient norm when clipping.
+
+        Raises:
+            NonFiniteError: the loss or a gradient is NaN/inf (nothing was updated).
+        """
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.check_finite:
+            self._check_finite(loss, name or self.name)
         norm = None
         if self.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
@@ -149,6 +196,32 @@ class OptimizerStep:
         if self.scheduler is not None:
             self.scheduler.step()
         return norm
+
+    def _check_finite(self, loss: Tensor, name: str | None) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        total = loss.detach().reshape(()).float()
+        if grads:
+            total = total + torch.nn.utils.get_total_norm(grads).float()
+        if bool(torch.isfinite(total)):
+            return
+        bad = []
+        for i, p in enumerate(self.params):
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                g = p.grad
+                bad.append(
+                    f"param {i} {tuple(p.shape)}: {int(g.isnan().sum())} nan, "
+                    f"{int(g.isinf().sum())} inf"
+                )
+        value = float(loss.detach().reshape(()))
+        label = name or "loss"
+        what = (
+            f"{label} = {value}"
+            if not math.isfinite(value)
+            else f"{label} = {value} is finite but {len(bad)} gradient tensor(s) are not "
+            f"({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''})"
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteError(f"non-finite {what}; the update was not applied.", name, value, bad)
 
     def state_dict(self) -> dict[str, Any]:
         state = {"optimizer": self.optimizer.state_dict()}
@@ -160,6 +233,20 @@ class OptimizerStep:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
+
+
+class GeneratorState:
+    """``state_dict`` / ``load_state_dict`` of a ``torch.Generator``, to checkpoint it in a
+    :class:`Stage`'s ``stateful``."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.generator.set_state(state["state"])
 
 
 _HOOK_DESTS = (
@@ -193,6 +280,10 @@ class OfflineTrainer:
         stop_after_stage: stop (after checkpointing) once this stage is complete.
         resume: load existing checkpoints of ``run_dir``; if ``False`` and checkpoints
             exist, raise :class:`CheckpointError`.
+        generators: extra ``torch.Generator`` objects the steps draw from (e.g. the one of a
+            periodic Gamma-table estimate), by name; their states are saved in every
+            checkpoint and restored on resume, like the global generators and the replay
+            buffer's.
 
     Hooks (:meth:`register_op`): ``"pre_stage"`` ``op(stage)``; ``"process_optim_batch"``
     ``op(batch) -> batch``; ``"post_optim"`` ``op(stage, step, metrics)``;
@@ -213,6 +304,7 @@ class OfflineTrainer:
         config: Mapping[str, Any] | None = None,
         stop_after_stage: str | None = None,
         resume: bool = True,
+        generators: Mapping[str, torch.Generator] | None = None,
     ) -> None:
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
@@ -241,7 +333,12 @@ class OfflineTrainer:
         #: scalar history: ``{"<stage>/<name>": [[step, value], ...]}``
         self.history: dict[str, list[list[float]]] = {}
         self.stopped_after: str | None = None
+        self.generators = dict(generators or {})
         self._ops: dict[str, list[Callable]] = {d: [] for d in _HOOK_DESTS}
+        # last step sent to the logger, per stage (also in checkpoints/logged_steps.json)
+        self._logged: dict[str, int] = {}
+        self._log_sums: dict[str, Tensor | float] = {}
+        self._log_count = 0
 
     # ------------------------------------------------------------------ hooks
     def register_op(self, dest: str, op: Callable) -> None:
@@ -251,11 +348,45 @@ class OfflineTrainer:
         self._ops[dest].append(op)
 
     def log_scalar(self, name: str, value: float, step: int) -> None:
-        """Log a scalar to the logger and keep it in :attr:`history`."""
+        """Log a scalar to the logger and keep it in :attr:`history`.
+
+        ``name`` is ``"<stage>/<key>"``. After a resume, steps of that stage that a previous
+        run already sent to the logger (up to its last logged step) are kept in the history
+        but not sent again, so the logs do not repeat steps.
+        """
         value = float(value)
-        self.history.setdefault(name, []).append([int(step), value])
-        if self.logger is not None:
-            self.logger.log_scalar(name, value, step=int(step))
+        step = int(step)
+        self.history.setdefault(name, []).append([step, value])
+        if self.logger is None:
+            return
+        stage = name.partition("/")[0]
+        logged = self._logged.get(stage, -1)
+        if step <= logged:
+            return
+        self._logged[stage] = step
+        # Recorded before the logger writes: a kill in between loses a row, never repeats one.
+        if self.checkpoint_dir is not None:
+            write_json_atomic(self._logged_path, self._logged)
+        self.logger.log_scalar(name, value, step=step)
+
+    @property
+    def _logged_path(self) -> Path:
+        return self.checkpoint_dir / "logged_steps.json"
+
+    def _load_logged_steps(self) -> None:
+        if self.checkpoint_dir is None:
+            return
+        path = self._logged_path
+        if not path.exists():
+            return
+        try:
+            data = json.loads(path.read_text())
+            self._logged = {str(k): int(v) for k, v in data.items()}
+        except (ValueError, AttributeError, TypeError) as err:
+            raise CheckpointError(
+                f"{path} is corrupt ({type(err).__name__}: {err}). It only records which steps "
+                "were logged; delete it to resume (logged steps may then repeat)."
+            ) from err
 
     # ------------------------------------------------------------ checkpoints
     def checkpoint_path(self, stage: str) -> Path:
@@ -281,19 +412,56 @@ class OfflineTrainer:
             "config": json.dumps(self.config, sort_keys=True, default=str),
             "state": {k: v.state_dict() for k, v in stage.stateful().items()},
             "history": self._stage_history(stage.name),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": json.dumps(_numpy_state_to_json(np.random.get_state())),
-                "python": json.dumps(random.getstate()),
+            "rng": self._rng_state(),
+            "log_accumulator": {
+                "count": self._log_count,
+                "sums": {k: _to_cpu(v) for k, v in self._log_sums.items()},
             },
         }
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_path(stage.name)
-        tmp = path.with_suffix(".pt.tmp")
         with timeit("train/checkpoint"):
-            torch.save(state, tmp)
-            os.replace(tmp, path)
+            save_torch_atomic(state, path)
         return path
+
+    def _rng_state(self) -> dict[str, Any]:
+        """Every random state a step may read: global generators, replay buffer, extras."""
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": json.dumps(_numpy_state_to_json(np.random.get_state())),
+            "python": json.dumps(random.getstate()),
+            "generators": {k: g.get_state() for k, g in self.generators.items()},
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        rb_rng = getattr(self.replay_buffer, "_rng", None)
+        if isinstance(rb_rng, torch.Generator):
+            state["replay_buffer"] = rb_rng.get_state()
+        sampler = getattr(self.replay_buffer, "_sampler", None)
+        if sampler is not None and hasattr(sampler, "state_dict"):
+            state["sampler"] = sampler.state_dict()
+        return state
+
+    def _restore_rng(self, state: Mapping[str, Any], path: Path) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(_numpy_state_from_json(json.loads(state["numpy"])))
+        random.setstate(_tuplify(json.loads(state["python"])))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        saved = state.get("generators", {})
+        missing = set(self.generators) - set(saved)
+        if missing:
+            raise CheckpointError(
+                f"The checkpoint {path} has no state for the generators {sorted(missing)}; it "
+                "was written by another version. Use a new run_dir."
+            )
+        for key, generator in self.generators.items():
+            generator.set_state(saved[key])
+        rb_rng = getattr(self.replay_buffer, "_rng", None)
+        if isinstance(rb_rng, torch.Generator) and "replay_buffer" in state:
+            rb_rng.set_state(state["replay_buffer"])
+        sampler = getattr(self.replay_buffer, "_sampler", None)
+        if sampler is not None and "sampler" in state and hasattr(sampler, "load_state_dict"):
+            sampler.load_state_dict(state["sampler"])
 
     def load_checkpoint(self, stage: str) -> dict[str, Any] | None:
         """Read and validate a stage checkpoint; ``None`` if there is none."""
@@ -345,6 +513,8 @@ class OfflineTrainer:
                 f"({[p.name for p in self.existing_checkpoints()]}) and resume is off. Use a new "
                 f"run_dir, or resume to continue that run."
             )
+        if self.resume:
+            self._load_logged_steps()
         for stage in self.stages:
             self._run_stage(stage)
             if self.stop_after_stage == stage.name:
@@ -386,9 +556,10 @@ class OfflineTrainer:
             for key, values in saved.get("history", {}).items():
                 self.history[key] = [list(v) for v in values]
             if "rng" in saved:
-                torch.set_rng_state(saved["rng"]["torch"])
-                np.random.set_state(_numpy_state_from_json(json.loads(saved["rng"]["numpy"])))
-                random.setstate(_tuplify(json.loads(saved["rng"]["python"])))
+                self._restore_rng(saved["rng"], self.checkpoint_path(stage.name))
+            accumulator = saved.get("log_accumulator", {})
+            self._log_count = int(accumulator.get("count", 0))
+            self._log_sums = dict(accumulator.get("sums", {}))
             if record.done:
                 record.skipped = True
                 print(
@@ -421,8 +592,10 @@ class OfflineTrainer:
             dynamic_ncols=True,
             mininterval=1.0,
         )
-        sums: dict[str, Tensor | float] = {}
-        count = 0
+        if record.resumed_from is None:
+            self._log_sums, self._log_count = {}, 0
+        # partial sums of the current logging interval (restored from the checkpoint on resume)
+        sums, count = self._log_sums, self._log_count
         start = time.perf_counter()
         seconds_before = record.seconds
         try:
@@ -436,13 +609,17 @@ class OfflineTrainer:
                         for op in self._ops["process_optim_batch"]:
                             batch = op(batch)
                 with timeit(f"train/{stage.name}/update"):
-                    metrics = stage.step(batch, record.steps)
+                    try:
+                        metrics = stage.step(batch, record.steps)
+                    except NonFiniteError as err:
+                        raise self._non_finite(stage, record.steps + 1, err) from err
                 record.steps += 1
                 record.steps_this_run += 1
                 for key, value in metrics.items():
                     value = value.detach() if isinstance(value, Tensor) else float(value)
                     sums[key] = sums[key] + value if key in sums else value
                 count += 1
+                self._log_sums, self._log_count = sums, count
                 if self._ops["post_optim"]:
                     with timeit(f"train/{stage.name}/hooks"):
                         for op in self._ops["post_optim"]:
@@ -451,6 +628,9 @@ class OfflineTrainer:
                 record.seconds_this_run = elapsed
                 record.seconds = seconds_before + elapsed
                 last = record.steps >= stage.total_steps
+                checkpoint = last or record.steps % self.checkpoint_interval == 0
+                if count and (record.steps % self.log_interval == 0 or last or checkpoint):
+                    self._check_losses(stage, record.steps, sums, count)
                 if count and (record.steps % self.log_interval == 0 or last):
                     means = {k: float(v) / count for k, v in sums.items()}
                     for key, value in means.items():
@@ -466,10 +646,11 @@ class OfflineTrainer:
                     if first is not None:
                         bar.set_postfix({first[0]: f"{first[1]:.4g}"}, refresh=False)
                     sums, count = {}, 0
+                    self._log_sums, self._log_count = sums, count
                 bar.update(1)
                 if last:
                     record.done = True
-                if last or record.steps % self.checkpoint_interval == 0:
+                if checkpoint:
                     self.save_checkpoint(stage)
         except KeyboardInterrupt:
             bar.close()
@@ -481,6 +662,43 @@ class OfflineTrainer:
             raise
         bar.close()
 
+    def _checkpoint_note(self, stage: Stage) -> str:
+        if self.checkpoint_dir is None:
+            return "this run keeps no checkpoints (run_dir=None)"
+        path = self.checkpoint_path(stage.name)
+        if not path.exists():
+            return f"no checkpoint of stage '{stage.name}' was written yet"
+        step = torch.load(path, map_location="cpu", weights_only=True).get("step")
+        return f"the last good checkpoint {path} (step {step}) is kept"
+
+    def _non_finite(self, stage: Stage, step: int, err: NonFiniteError) -> NonFiniteError:
+        """``err`` with the stage, step, kept checkpoint and what to do."""
+        message = (
+            f"Training stopped in stage '{stage.name}' at step {step}/{stage.total_steps}: {err} "
+            f"Nothing was saved after the bad step; {self._checkpoint_note(stage)}. Usual "
+            f"causes: NaN/inf in the dataset (make_offline_data checks it), a learning rate that "
+            f"is too high, or an empty batch (batch_size={stage.batch_size}). Fix the cause and "
+            f"start a new run_dir (or lower the lr / set train.grad_clip)."
+        )
+        return NonFiniteError(message, err.loss_name, err.loss_value, err.bad_gradients)
+
+    def _check_losses(
+        self, stage: Stage, step: int, sums: Mapping[str, Tensor | float], count: int
+    ) -> None:
+        """Raise :class:`NonFiniteError` if a ``loss*`` metric of the last ``count`` steps
+        (ending at ``step``) is NaN/inf: the check for steps that do not use
+        :class:`OptimizerStep`. Runs before logging and before every checkpoint."""
+        for key, value in sums.items():
+            if key.startswith("loss") and not math.isfinite(float(value)):
+                err = NonFiniteError(
+                    f"non-finite {key} = {float(value) / count} (mean over steps "
+                    f"{step - count + 1}..{step}).",
+                    key,
+                    float(value),
+                    [],
+                )
+                raise self._non_finite(stage, step, err)
+
 
 # ----------------------------------------------------------------------------- helpers
 def _numpy_state_to_json(state: tuple) -> list:
@@ -491,6 +709,10 @@ def _numpy_state_to_json(state: tuple) -> list:
 def _numpy_state_from_json(state: list) -> tuple:
     name, keys, pos, has_gauss, cached = state
     return name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached
+
+
+def _to_cpu(value: Tensor | float) -> Tensor | float:
+    return value.detach().cpu() if isinstance(value, Tensor) else float(value)
 
 
 def _tuplify(value: Any) -> Any:
@@ -534,6 +756,7 @@ def adam_step(
     adam: str = "fused",
     lr_schedule: str = "constant",
     grad_clip: float | None = None,
+    name: str | None = None,
 ) -> OptimizerStep:
     """An :class:`OptimizerStep` with Adam over the trainable parameters of ``module``.
 
@@ -545,10 +768,12 @@ def adam_step(
             ``"foreach"`` or ``"loop"``.
         lr_schedule: ``"constant"`` or ``"cosine"`` (to 0 at ``steps``).
         grad_clip: max global gradient norm, or ``None``.
+        name: the loss name in :class:`NonFiniteError` messages.
 
     Example:
-        >>> step = adam_step(torch.nn.Linear(2, 1), 1e-3, 100, adam="loop")
-        >>> _ = step(torch.nn.Linear(2, 1)(torch.ones(1, 2)).sum() * 0)  # no-op gradient
+        >>> net = torch.nn.Linear(2, 1)
+        >>> step = adam_step(net, 1e-3, 100, adam="loop", name="loss_toy")
+        >>> _ = step(net(torch.ones(1, 2)).sum())
     """
     if adam not in ADAM_IMPLEMENTATIONS:
         raise ValueError(f"train.adam must be one of {sorted(ADAM_IMPLEMENTATIONS)}, got {adam!r}.")
@@ -558,4 +783,5 @@ def adam_step(
         optimizer,
         grad_clip=None if grad_clip is None else float(grad_clip),
         scheduler=cosine_or_constant(optimizer, lr_schedule, int(steps)),
+        name=name,
     )

@@ -28,6 +28,7 @@ from studies.exactness.study import (
     LEARNED_METHODS,
     METHOD_LABELS,
 )
+from torchrl_aepo.atomic import save_figure_atomic, write_text_atomic
 from torchrl_aepo.diffusion.schedule import VPSchedule
 
 __all__ = ["write_report", "best_setting", "summary_rows"]
@@ -374,7 +375,7 @@ def _scatter_grid(
                 ax.set_ylabel(dataset, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -434,7 +435,7 @@ def _gradient_error_figure(results: Mapping[str, Any], path: Path) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -470,7 +471,7 @@ def _distance_figure(results: Mapping[str, Any], path: Path) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=7, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -497,7 +498,7 @@ def write_report(
         "gradient_error": out / "gradient_error.png",
         "distance": out / "distance_vs_guidance.png",
     }
-    paths["json"].write_text(json.dumps(_strip_samples(results), indent=1) + "\n")
+    write_text_atomic(paths["json"], json.dumps(_strip_samples(results), indent=1) + "\n")
     cfg = results["config"]
     learned_columns = [("target", "target π"), ("behaviour", "behaviour (w=0)")] + [
         (m, METHOD_LABELS[m]) for m in LEARNED_METHODS
@@ -593,5 +594,5 @@ def write_report(
         "`distance_vs_guidance.png`.",
         "",
     ]
-    paths["markdown"].write_text("\n".join(lines))
+    write_text_atomic(paths["markdown"], "\n".join(lines))
     return paths

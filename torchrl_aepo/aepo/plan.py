@@ -17,7 +17,7 @@ from torchrl_aepo.aepo.build import (
     estimate_posterior_statistics,
 )
 from torchrl_aepo.aepo.config import PLANS, AEPOConfig, TrainConfig
-from torchrl_aepo.trainer import OptimizerStep, Stage, adam_step
+from torchrl_aepo.trainer import GeneratorState, OptimizerStep, Stage, adam_step
 
 
 def _metrics(td: TensorDictBase) -> dict[str, Tensor]:
@@ -62,7 +62,7 @@ class TrainingPlan:
         *,
         aepo: AEPOConfig,
         train: TrainConfig,
-        optimizer_step: Callable[[nn.Module, float, int], OptimizerStep],
+        optimizer_step: Callable[[nn.Module, float, int, str], OptimizerStep],
         seed: int = 0,
         compile: Mapping[str, Any] | None = None,
     ) -> None:
@@ -75,9 +75,7 @@ class TrainingPlan:
         self.energy_loss: nn.Module | None = None
         self._energy_step: OptimizerStep | None = None
         self._optimizer_step = optimizer_step
-        self._gamma_generator = torch.Generator(device=dataset.device or "cpu").manual_seed(
-            seed + 1
-        )
+        self.gamma_generator = torch.Generator(device=dataset.device or "cpu").manual_seed(seed + 1)
         joint = train.plan == "joint"
         # The lr schedule of each optimiser spans the steps it takes (the joint loop's in joint).
         budget = {
@@ -85,8 +83,12 @@ class TrainingPlan:
             for name in ("diffusion", "critic", "energy")
         }
         self._budget = budget
-        self.diffusion_step = optimizer_step(nets.noise, train.diffusion.lr, budget["diffusion"])
-        self.critic_step = optimizer_step(losses.critic, train.critic.lr, budget["critic"])
+        self.diffusion_step = optimizer_step(
+            nets.noise, train.diffusion.lr, budget["diffusion"], "loss_diffusion"
+        )
+        self.critic_step = optimizer_step(
+            losses.critic, train.critic.lr, budget["critic"], "loss_qvalue + loss_value"
+        )
         self.stages = self._joint() if joint else self._staged()
 
     # ------------------------------------------------------------- the one invariant
@@ -130,7 +132,7 @@ class TrainingPlan:
                 self.dataset,
                 self.train.gamma_table,
                 schedule=self.losses.diffusion.schedule,
-                generator=self._gamma_generator,
+                generator=self.gamma_generator,
             )
         self._set_posterior(posterior)
 
@@ -140,7 +142,7 @@ class TrainingPlan:
                 self.nets, self.losses, self.aepo, self.posterior, self.compile
             )
             self._energy_step = self._optimizer_step(
-                self.nets.energy, self.train.energy.lr, self._budget["energy"]
+                self.nets.energy, self.train.energy.lr, self._budget["energy"], "loss_energy"
             )
 
     def _diffusion_update(self, batch: TensorDictBase, _step: int) -> dict[str, Tensor]:
@@ -232,6 +234,11 @@ class TrainingPlan:
                     "posterior": _PosteriorSlot(self),
                     "energy": self.energy_loss,
                     "energy_optim": self._energy_step,
+                    # Between two refreshes the behaviour copy holds the EMA weights of the
+                    # last refresh, which no other state recreates; the generator makes the
+                    # later refreshes draw the same noise as an uninterrupted run.
+                    "behaviour": self.nets.behaviour,
+                    "gamma_rng": GeneratorState(self.gamma_generator),
                 },
                 batch_size=self.train.joint.batch_size,
                 setup=setup,
@@ -264,7 +271,7 @@ def build_training_plan(
         a :class:`TrainingPlan`; pass ``plan.stages`` to ``OfflineTrainer``.
     """
 
-    def optimizer_step(module: nn.Module, lr: float, steps: int) -> OptimizerStep:
+    def optimizer_step(module: nn.Module, lr: float, steps: int, name: str) -> OptimizerStep:
         return adam_step(
             module,
             lr,
@@ -272,6 +279,7 @@ def build_training_plan(
             adam=train.adam,
             lr_schedule=train.lr_schedule,
             grad_clip=train.grad_clip,
+            name=name,
         )
 
     return TrainingPlan(

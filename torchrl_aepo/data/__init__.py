@@ -17,6 +17,7 @@ from torchrl_aepo.data.loading import (
     make_offline_data,
 )
 from torchrl_aepo.data.preprocessing import (
+    NonFiniteDataError,
     episode_returns,
     observation_stats,
     reward_transform_params,
@@ -40,6 +41,7 @@ __all__ = [
     "TASKS",
     "DatasetUnavailableError",
     "DoublePendulumLQRExpert",
+    "NonFiniteDataError",
     "OfflineMetadata",
     "PatchedMinariExperienceReplay",
     "PendulumSwingUpExpert",

@@ -43,6 +43,7 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -55,6 +56,7 @@ from torchrl.data import TensorDictReplayBuffer, TensorStorage
 from torchrl.data.datasets import D4RLExperienceReplay, MinariExperienceReplay
 from torchrl.data.replay_buffers import ImmutableDatasetWriter, RandomSampler
 
+from torchrl_aepo.atomic import write_json_atomic
 from torchrl_aepo.data import preprocessing as pre
 from torchrl_aepo.data._minari import hdf5_path, minari_root
 from torchrl_aepo.data.tasks import TaskSpec, get_task
@@ -103,6 +105,8 @@ class OfflineMetadata:
         observation_keys: for datasets with dict observations, the sub-keys concatenated (in this
             order) into ``observation``; ``None`` for flat observations.
         requires: extra pip packages the eval env needs.
+        num_dropped_nonfinite: transitions dropped because a field held NaN/inf
+            (``drop_nonfinite=True``; ``num_transitions`` counts the ones kept).
     """
 
     task: str
@@ -131,6 +135,7 @@ class OfflineMetadata:
     action_scale: list[float] | None = None
     observation_keys: list[str] | None = None
     requires: list[str] = field(default_factory=list)
+    num_dropped_nonfinite: int = 0
 
     @property
     def observations_normalized(self) -> bool:
@@ -358,8 +363,10 @@ def _minari_cache_is_fresh(h5: Path, stamp: Path, memmap: Path) -> bool:
     if not (stamp.exists() and memmap.exists()):
         return False
     st = h5.stat()
-    with open(stamp) as f:
-        saved = json.load(f)
+    try:
+        saved = json.loads(stamp.read_text())
+    except (OSError, ValueError):  # a damaged stamp: convert the HDF5 file again
+        return False
     return saved == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
@@ -370,19 +377,30 @@ def _download_minari(spec: TaskSpec, base: Path, looked: list[str]) -> None:
     looked.append(f"Minari remote {remote}")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
         raise _unavailable(spec, looked, "HF_HUB_OFFLINE is set, so nothing can be downloaded")
-    if remote.startswith("hf://"):
-        try:
-            import huggingface_hub  # noqa: F401
-        except ImportError:
-            raise _unavailable(
-                spec, looked, "downloading Minari datasets needs `pip install huggingface_hub`"
-            ) from None
+    hub = remote.startswith("hf://")
+    if hub:
         url = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     else:
         url = "https://storage.googleapis.com"
+    try:
+        import huggingface_hub  # noqa: F401
+
+        missing_hub = False
+    except ImportError:
+        missing_hub = hub
+    # The network first: without it, installing huggingface_hub would not help.
     reason = _preflight(url)
     if reason is not None:
-        raise _unavailable(spec, looked, reason)
+        also = " (and `huggingface_hub`, needed for the download, is not installed)"
+        raise _unavailable(
+            spec,
+            looked,
+            f"no network connection to the Minari remote: {reason}{also * missing_hub}",
+        )
+    if missing_hub:
+        raise _unavailable(
+            spec, looked, "downloading Minari datasets needs `pip install huggingface_hub`"
+        )
     try:
         minari.download_dataset(spec.dataset_id)
     except Exception as err:  # network/hub/version errors of any library along the way
@@ -420,7 +438,7 @@ def _load_minari(spec: TaskSpec, root: str | os.PathLike | None, build_if_missin
                     spec.dataset_id, batch_size=1, root=cache_root, load_from_local_minari=True
                 )
                 st = h5.stat()
-                stamp.write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+                write_json_atomic(stamp, {"size": st.st_size, "mtime_ns": st.st_mtime_ns})
         meta = minari.load_dataset(spec.dataset_id).storage.metadata
     data = rb[:]
     obs, next_obs, obs_keys = _flat_observation(data)
@@ -520,6 +538,7 @@ def make_offline_data(
     reward_transform: str | None = None,
     device: str | torch.device = "cpu",
     seed: int | None = None,
+    drop_nonfinite: bool = False,
 ) -> tuple[TensorDictReplayBuffer, OfflineMetadata]:
     """Load an offline dataset as an in-memory TorchRL replay buffer of TED transitions.
 
@@ -542,6 +561,11 @@ def make_offline_data(
             task's default.
         device: device of the storage (and of the sampled batches).
         seed: seed of the sampler's random generator (``None``: torch's global generator).
+        drop_nonfinite: every floating field (observations, actions, next observations,
+            rewards) must be finite. ``False`` (default): a NaN/inf raises
+            :class:`~torchrl_aepo.data.preprocessing.NonFiniteDataError` naming the field, the
+            count and the first bad episode/step. ``True``: the affected transitions are
+            dropped, with a warning saying how many (``metadata.num_dropped_nonfinite``).
 
     Returns:
         ``(rb, metadata)``. ``rb.sample()`` returns ``batch_size`` transitions:
@@ -553,6 +577,8 @@ def make_offline_data(
     Raises:
         DatasetUnavailableError: the data is not cached and cannot be downloaded/built.
         UnknownTaskError: unknown task name (lists close names).
+        NonFiniteDataError: NaN/inf in the data and ``drop_nonfinite=False`` (a ``ValueError``).
+        ValueError: a reward transform that cannot apply to the data (e.g. equal returns).
 
     Example:
         >>> import tempfile
@@ -571,6 +597,14 @@ def make_offline_data(
     else:
         raise ValueError(f"unknown backend {spec.backend!r} of task {spec.name!r}")
 
+    source = f"dataset {spec.dataset_id!r} (task {spec.name!r})"
+    td, report = pre.check_finite(td, drop=drop_nonfinite, source=source)
+    if report.num_dropped:
+        warnings.warn(
+            f"{source}: dropped {report.num_dropped} of {report.num_transitions} transitions "
+            f"with NaN/inf values (drop_nonfinite=True):\n{report.describe()}",
+            stacklevel=2,
+        )
     returns = pre.episode_returns(td)
     kind = spec.reward_transform if reward_transform is None else reward_transform
     scale, shift = pre.reward_transform_params(kind, returns)
@@ -613,6 +647,7 @@ def make_offline_data(
         action_loc=None if action_loc is None else action_loc.tolist(),
         action_scale=None if action_scale is None else action_scale.tolist(),
         requires=list(spec.requires),
+        num_dropped_nonfinite=report.num_dropped,
         **info,
     )
     device = torch.device(device)

@@ -5,6 +5,8 @@ All functions take and return TED-format TensorDicts with batch size ``[N]``:
 ``("next", "reward") [N, 1]``, ``("next", "terminated"|"truncated"|"done") [N, 1]`` and
 ``episode [N]`` (int64 episode index).
 
+* Finiteness (:func:`check_finite`): every floating field must be finite; the error names the
+  field, the count and the first bad episode/step, or the affected transitions are dropped.
 * Reward transforms (:func:`reward_transform_params`), as in IQL / QGPO:
   ``"iql_locomotion"``: ``r <- r * 1000 / (max_return - min_return)`` where the returns are the
   undiscounted returns of the dataset's episodes; ``"antmaze"``: ``r <- r - 1``;
@@ -28,6 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDictBase
@@ -35,7 +38,10 @@ from tensordict import TensorDictBase
 __all__ = [
     "OBS_NORM_EPS",
     "REWARD_TRANSFORMS",
+    "NonFiniteDataError",
+    "NonFiniteReport",
     "apply_reward_transform",
+    "check_finite",
     "episode_ids_from_dones",
     "episode_returns",
     "normalize_observations",
@@ -75,6 +81,107 @@ def episode_returns(td: TensorDictBase) -> torch.Tensor:
     return out.index_add_(0, inverse, reward)
 
 
+class NonFiniteDataError(ValueError):
+    """The dataset holds NaN or infinite values (see :func:`check_finite`)."""
+
+
+@dataclass
+class NonFiniteReport:
+    """What :func:`check_finite` found (and, with ``drop=True``, removed).
+
+    Attributes:
+        fields: per bad field, ``(name, values, transitions, first)``: the number of NaN/inf
+            values, of transitions they affect, and a description of the first one.
+        num_transitions: transitions checked.
+        num_dropped: transitions removed (``0`` unless ``drop=True``).
+    """
+
+    fields: list[tuple[str, int, int, str]]
+    num_transitions: int
+    num_dropped: int = 0
+
+    def describe(self) -> str:
+        """One line per bad field, e.g. ``('next', 'reward'): 2 NaN/inf values in 2 ...``."""
+        return "\n".join(
+            f"  - {name}: {values} NaN/inf value{'s' * (values != 1)} in {rows} "
+            f"transition{'s' * (rows != 1)}; first at {first}"
+            for name, values, rows, first in self.fields
+        )
+
+
+def _key_name(key) -> str:
+    return repr(key) if isinstance(key, tuple) else repr(str(key))
+
+
+def check_finite(
+    td: TensorDictBase, *, drop: bool = False, source: str = "the dataset"
+) -> tuple[TensorDictBase, NonFiniteReport]:
+    """Check that every floating field of a flat TED dataset ``[N]`` is finite.
+
+    Args:
+        td: the transitions (uses ``td["episode"]`` to locate bad values, when present).
+        drop: remove every transition with a NaN/inf in any floating field instead of raising.
+        source: how to name the data in the error (e.g. the dataset id).
+
+    Returns:
+        ``(td, report)``: ``td`` itself when all is finite, else (``drop=True``) the finite
+        transitions only; ``report.num_dropped`` says how many were removed.
+
+    Raises:
+        NonFiniteDataError: (``drop=False``) some value is NaN/inf; the message names each bad
+            field with its count and the episode and step (within the episode) of its first
+            bad transition.
+
+    Example:
+        >>> from tensordict import TensorDict
+        >>> td = TensorDict({"episode": torch.tensor([0, 0, 0]),
+        ...                  "next": {"reward": torch.tensor([[1.0], [float("nan")], [0.0]])}}, [3])
+        >>> kept, report = check_finite(td, drop=True)
+        >>> len(kept), report.num_dropped
+        (2, 1)
+    """
+    n = len(td)
+    episode = td.get("episode", None)
+    bad_rows = torch.zeros(n, dtype=torch.bool, device=td.device)
+    fields = []
+    for key, value in td.items(include_nested=True, leaves_only=True):
+        if not (isinstance(value, torch.Tensor) and value.dtype.is_floating_point):
+            continue
+        finite = torch.isfinite(value).reshape(n, -1)
+        if bool(finite.all()):
+            continue
+        rows = ~finite.all(-1)
+        bad_rows |= rows
+        first = int(rows.nonzero()[0, 0])
+        where = f"transition {first}"
+        if episode is not None:
+            ep = episode.reshape(n)
+            ep_id = int(ep[first])
+            step = int((ep[:first] == ep_id).sum())
+            where = f"episode {ep_id}, step {step} (transition {first})"
+        bad_value = value.reshape(n, -1)[first][~finite[first]][0].item()
+        fields.append(
+            (_key_name(key), int((~finite).sum()), int(rows.sum()), f"{where}: {bad_value}")
+        )
+    report = NonFiniteReport(fields, n)
+    if not fields:
+        return td, report
+    if not drop:
+        raise NonFiniteDataError(
+            f"{source} holds non-finite values (values beyond the float32 range count as "
+            f"inf):\n{report.describe()}\nFix the data, or load it with drop_nonfinite=True "
+            f"(recipe: data.drop_nonfinite=true) to drop the {int(bad_rows.sum())} affected "
+            f"transitions of {n}."
+        )
+    report.num_dropped = int(bad_rows.sum())
+    if report.num_dropped == n:
+        raise NonFiniteDataError(
+            f"{source}: every one of its {n} transitions has a NaN/inf value, so "
+            f"drop_nonfinite=True would leave nothing:\n{report.describe()}"
+        )
+    return td[~bad_rows], report
+
+
 def reward_transform_params(kind: str, returns: torch.Tensor) -> tuple[float, float]:
     """``(scale, shift)`` of the reward transform ``r <- r * scale + shift``.
 
@@ -83,17 +190,40 @@ def reward_transform_params(kind: str, returns: torch.Tensor) -> tuple[float, fl
         returns: episode returns ``[E]`` of the dataset (used by ``"iql_locomotion"``).
 
     Raises:
-        ValueError: unknown ``kind``, or ``"iql_locomotion"`` on a dataset whose episodes all
-            have the same return (the scale would be infinite).
+        ValueError: unknown ``kind``; for ``"iql_locomotion"``: no episodes, NaN/inf returns
+            (NaN/inf rewards: the scale would be NaN or 0), episodes that all have the same
+            return (the scale would be infinite), or a spread so small or large that the scale
+            is not a finite positive number.
     """
     if kind == "iql_locomotion":
-        spread = float(returns.max() - returns.min())
+        if returns.numel() == 0:
+            raise ValueError("reward_transform='iql_locomotion' needs at least one episode.")
+        finite = torch.isfinite(returns)
+        if not bool(finite.all()):
+            bad = returns[~finite]
+            first = int((~finite).nonzero()[0, 0])
+            raise ValueError(
+                f"reward_transform='iql_locomotion' needs finite episode returns, but "
+                f"{int(bad.isnan().sum())} are NaN and {int(bad.isinf().sum())} infinite (first: "
+                f"episode {first}, return {returns[first].item()}): the rewards hold NaN/inf. "
+                "Fix the data, or load it with drop_nonfinite=True to drop those transitions."
+            )
+        lo, hi = float(returns.min()), float(returns.max())
+        spread = hi - lo
         if not spread > 0:
             raise ValueError(
-                "reward_transform='iql_locomotion' needs episodes with different returns "
-                f"(max - min = {spread}); use reward_transform='none' for this dataset."
+                "reward_transform='iql_locomotion' scales rewards by 1000 / (max - min) of the "
+                f"episode returns, so it needs episodes with different returns, but all "
+                f"{returns.numel()} episodes return {hi}; use reward_transform='none' for this "
+                "dataset."
             )
-        return 1000.0 / spread, 0.0
+        scale = 1000.0 / spread
+        if not (0.0 < scale < float("inf")):
+            raise ValueError(
+                f"reward_transform='iql_locomotion': the episode returns span [{lo}, {hi}], so "
+                f"the scale 1000 / {spread} = {scale} is unusable; use reward_transform='none'."
+            )
+        return scale, 0.0
     if kind == "antmaze":
         return 1.0, -1.0
     if kind == "none":
