@@ -78,8 +78,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         deterministic_seed=int(cfg.eval.seed), compile=compile_options,
     )  # fmt: skip
 
-    # 4. train (with optional evaluations during the last stage)
-    logger = utils.make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    # 4. train (with optional evaluations during the last stage), or restore a finished run
+    eval_only = bool(cfg.eval_only)
+    logger = (
+        None
+        if eval_only
+        else utils.make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    )
     trainer = OfflineTrainer(
         plan.stages,
         replay_buffer,
@@ -94,7 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         generators={"gamma": plan.gamma_generator},
     )
     chosen = aepo_cfg.guidance
-    if train_cfg.eval_interval > 0:
+    if train_cfg.eval_interval > 0 and not eval_only:
         during_kwargs = utils.eval_kwargs(cfg.eval, metadata, train_cfg.eval_episodes)
 
         def evaluate(stage: str, step: int) -> None:
@@ -105,7 +110,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         trainer.register_op("post_optim", plan.evaluation_op(evaluate, train_cfg.eval_interval))
     try:
-        summary = trainer.train()
+        summary = trainer.restore() if eval_only else trainer.train()
     except (CheckpointError, NonFiniteError) as err:
         raise RecipeError(str(err)) from err
     if summary["stopped_after"] is not None:
@@ -119,7 +124,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "train": summary,
             "run_dir": str(run_dir),
         }
-    actor.save(run_dir / "actor.pt")
+    if not eval_only:
+        actor.save(run_dir / "actor.pt")
 
     # 5. evaluate: final policy (chosen w), behaviour policy (w = 0) and the guidance sweep
     sweep_ws = sorted({0.0, chosen, *[float(w) for w in (cfg.eval.guidance_sweep or [])]})
@@ -142,11 +148,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results["timings"].update(
         data_seconds=round(data_seconds, 3), eval_seconds=round(eval_seconds, 3)
     )
+    name = utils.evaluation_name(cfg) if eval_only else ""  # "" | ".eval-<hash of the settings>"
     results["plots"] = utils.write_plots(
-        run_dir, trainer.history, results, title=f"{task.name} (seed {cfg.seed})"
+        run_dir, trainer.history, results, title=f"{task.name} (seed {cfg.seed})", suffix=name
     )
     results["timings"]["total_seconds"] = round(time.perf_counter() - wall_start, 3)
-    utils.write_results(run_dir / "results.json", results)
+    utils.write_results(run_dir / f"results{name}.json", results)
     utils.close_logger(logger)
     utils.print_report(results, sweep_table(sweep, chosen))
     return results

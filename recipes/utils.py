@@ -397,16 +397,29 @@ def results_dict(
     }
 
 
-def write_plots(run_dir: Path, history: dict, results: dict, title: str) -> list[str]:
+def evaluation_name(cfg: DictConfig) -> str:
+    """``".eval-<hash>"``: the file suffix of an ``eval_only`` evaluation, from the sampling
+    and evaluation settings (the ``aepo`` keys training does not read, and ``eval``)."""
+    from torchrl_aepo.trainer import config_hash
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    trained = training_config(cfg)["aepo"]
+    sampling = {k: v for k, v in c["aepo"].items() if k not in trained}
+    return f".eval-{config_hash({'aepo': sampling, 'eval': c['eval']})}"
+
+
+def write_plots(
+    run_dir: Path, history: dict, results: dict, title: str, suffix: str = ""
+) -> list[str]:
     """Training losses, evaluation over training and the guidance sweep as PNGs under
-    ``run_dir/plots``; returns their paths relative to ``run_dir``."""
+    ``run_dir/plots<suffix>``; returns their paths relative to ``run_dir``."""
     from torchrl_aepo.plots import (
         plot_eval_over_training,
         plot_guidance_sweep,
         plot_training_losses,
     )
 
-    plots_dir = run_dir / "plots"
+    plots_dir = run_dir / f"plots{suffix}"
     final, behaviour = results["final"], results["behaviour"]
     plots = [
         plot_training_losses(history, plots_dir / "training_losses.png", title=title),

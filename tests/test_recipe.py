@@ -358,3 +358,31 @@ def test_diverging_training_stops_with_a_clear_error(recipe, data_root, tmp_path
         recipe.run(cfg)
     assert "start a new run_dir" in str(err.value)
     assert not (run_dir / "results.json").exists() and not (run_dir / "actor.pt").exists()
+
+
+def test_eval_only_evaluates_a_finished_run_under_other_sampling_settings(
+    recipe, data_root, tmp_path
+):
+    run_dir = tmp_path / "run"
+    recipe.run(_cfg(data_root, run_dir, "train.eval_interval=0"))
+    original = (run_dir / "results.json").read_bytes()
+    sampling = ["aepo.guidance=2.0", "aepo.num_candidates=4", "aepo.selection=argmax_q"]
+    again = recipe.run(
+        _cfg(data_root, run_dir, "eval_only=true", "eval.guidance_sweep=[0.0]", *sampling)
+    )
+    assert all(s["skipped"] and s["steps_this_run"] == 0 for s in again["train"]["stages"].values())
+    assert (run_dir / "results.json").read_bytes() == original  # never overwritten
+    written = list(run_dir.glob("results.eval-*.json"))
+    assert len(written) == 1
+    on_disk = json.loads(written[0].read_text())
+    assert on_disk["final"]["guidance"] == 2.0
+    assert on_disk["config"]["aepo"]["num_candidates"] == 4
+    # a training key may not differ: refused with the changed key
+    with pytest.raises(recipe.RecipeError, match=r"aepo.beta"):
+        recipe.run(_cfg(data_root, run_dir, "eval_only=true", "aepo.beta=7"))
+    # an unfinished run cannot be evaluated without training
+    unfinished = tmp_path / "unfinished"
+    recipe.run(_cfg(data_root, unfinished, "train.stop_after_stage=diffusion"))
+    with pytest.raises(recipe.RecipeError, match="not finished"):
+        recipe.run(_cfg(data_root, unfinished, "eval_only=true"))
+    assert not list(unfinished.glob("results*.json"))

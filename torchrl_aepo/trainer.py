@@ -334,6 +334,7 @@ class OfflineTrainer:
         self.history: dict[str, list[list[float]]] = {}
         self.stopped_after: str | None = None
         self.generators = dict(generators or {})
+        self._restore_only = False
         self._ops: dict[str, list[Callable]] = {d: [] for d in _HOOK_DESTS}
         # last step sent to the logger, per stage (also in checkpoints/logged_steps.json)
         self._logged: dict[str, int] = {}
@@ -505,6 +506,22 @@ class OfflineTrainer:
         ]
 
     # --------------------------------------------------------------- training
+    def restore(self) -> dict[str, Any]:
+        """Load a finished run's stages from their checkpoints without training any step.
+
+        Every stage must have a checkpoint marked done (else :class:`CheckpointError`); their
+        ``setup`` / ``finalize`` run as on resume. Returns :meth:`summary`.
+        """
+        if self.checkpoint_dir is None or not self.existing_checkpoints():
+            raise CheckpointError(
+                f"nothing to restore: {self.checkpoint_dir} holds no stage checkpoints."
+            )
+        self._restore_only, self.resume = True, True
+        try:
+            return self.train()
+        finally:
+            self._restore_only = False
+
     def train(self) -> dict[str, Any]:
         """Run (or resume) every stage; returns :meth:`summary`."""
         if not self.resume and self.existing_checkpoints():
@@ -574,6 +591,12 @@ class OfflineTrainer:
                 )
         if record.steps >= stage.total_steps:
             record.done = True
+        if not record.done and self._restore_only:
+            raise CheckpointError(
+                f"stage '{stage.name}' of {self.run_dir} is not finished ({record.steps}/"
+                f"{stage.total_steps} steps): only a finished run can be restored without "
+                f"training. Resume its training first (same run_dir, without eval_only)."
+            )
         if not record.done:
             self._loop(stage, record)
         if stage.finalize is not None:
