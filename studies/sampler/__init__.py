@@ -1,0 +1,1 @@
+"""Sampler accuracy at low NFE: DPM-Solver settings against an exact Gaussian oracle."""
