@@ -93,11 +93,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log_interval=train_cfg.log_interval,
         checkpoint_interval=train_cfg.checkpoint_interval,
         progress_bar=bool(cfg.progress_bar),
-        config=utils.training_config(cfg),
+        config=(train_config := utils.training_config(cfg)),
+        stage_configs=plan.stage_configs(train_config),
         stop_after_stage=train_cfg.stop_after_stage,
         resume=cfg.resume is not False and cfg.resume != "false",
         generators={"gamma": plan.gamma_generator},
     )
+    if cfg.init_from is not None and not eval_only:  # reuse the finished stages of another run
+        try:
+            imported = trainer.import_checkpoints(cfg.init_from)
+        except CheckpointError as err:
+            raise RecipeError(str(err)) from err
+        print(f"[aepo] init_from={cfg.init_from}: reusing the trained stages {imported or 'none'}")
     chosen = aepo_cfg.guidance
     if train_cfg.eval_interval > 0 and not eval_only:
         during_kwargs = utils.eval_kwargs(cfg.eval, metadata, train_cfg.eval_episodes)

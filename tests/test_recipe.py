@@ -386,3 +386,37 @@ def test_eval_only_evaluates_a_finished_run_under_other_sampling_settings(
     with pytest.raises(recipe.RecipeError, match="not finished"):
         recipe.run(_cfg(data_root, unfinished, "eval_only=true"))
     assert not list(unfinished.glob("results*.json"))
+
+
+def test_init_from_reuses_the_stages_whose_settings_are_unchanged(recipe, data_root, tmp_path):
+    first = tmp_path / "first"
+    recipe.run(_cfg(data_root, first, "train.eval_interval=0"))
+    # only energy settings change: behaviour model, critic and Gamma table are reused
+    energy_only = recipe.run(
+        _cfg(
+            data_root,
+            tmp_path / "energy_only",
+            f"init_from={first}",
+            "aepo.beta=0.7",
+            "aepo.energy_baseline=value",
+            "train.eval_interval=0",
+        )
+    )
+    stages = energy_only["train"]["stages"]
+    assert [k for k, v in stages.items() if v["skipped"]] == ["diffusion", "critic", "gamma"]
+    assert stages["energy"]["steps_this_run"] == 30
+    a = torch.load(first / "checkpoints" / "diffusion.pt", weights_only=True)["state"]["loss"]
+    b = torch.load(tmp_path / "energy_only" / "checkpoints" / "diffusion.pt", weights_only=True)
+    assert all(torch.equal(v, b["state"]["loss"][k]) for k, v in a.items())
+    assert b["imported_from"].endswith("diffusion.pt")
+    # a behaviour-model setting changes: the critic (independent of it) is the only reuse
+    other = recipe.run(
+        _cfg(
+            data_root,
+            tmp_path / "other",
+            f"init_from={first}",
+            "train.diffusion.lr=0.002",
+            "train.eval_interval=0",
+        )
+    )
+    assert [k for k, v in other["train"]["stages"].items() if v["skipped"]] == ["critic"]

@@ -280,6 +280,11 @@ class OfflineTrainer:
         stop_after_stage: stop (after checkpointing) once this stage is complete.
         resume: load existing checkpoints of ``run_dir``; if ``False`` and checkpoints
             exist, raise :class:`CheckpointError`.
+        stage_configs: per-stage configurations, by stage name (the settings a stage and the
+            stages it reads depend on; default: the whole ``config``). Their hashes are stored
+            in the checkpoints, so that a new run that differs only in later stages can reuse
+            finished stages (:meth:`import_checkpoints`). Resuming in the same ``run_dir``
+            always requires the whole ``config`` to match.
         generators: extra ``torch.Generator`` objects the steps draw from (e.g. the one of a
             periodic Gamma-table estimate), by name; their states are saved in every
             checkpoint and restored on resume, like the global generators and the replay
@@ -305,6 +310,7 @@ class OfflineTrainer:
         stop_after_stage: str | None = None,
         resume: bool = True,
         generators: Mapping[str, torch.Generator] | None = None,
+        stage_configs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
@@ -327,6 +333,12 @@ class OfflineTrainer:
         self.progress_bar = progress_bar
         self.config = dict(config or {})
         self.config_hash = config_hash(self.config)
+        unknown = set(stage_configs or {}) - set(names)
+        if unknown:
+            raise ValueError(
+                f"stage_configs names {sorted(unknown)}, which are not stages {names}."
+            )
+        self.stage_configs = {k: dict(v) for k, v in (stage_configs or {}).items()}
         self.stop_after_stage = stop_after_stage
         self.resume = resume
         self.records = {s.name: _StageRecord() for s in self.stages}
@@ -390,6 +402,50 @@ class OfflineTrainer:
             ) from err
 
     # ------------------------------------------------------------ checkpoints
+    def stage_config(self, stage: str) -> dict[str, Any]:
+        """The configuration a stage's checkpoint is validated against: its ``stage_configs``
+        entry (the keys the stage and the stages it reads depend on), else ``config``."""
+        return self.stage_configs.get(stage, self.config)
+
+    def stage_config_hash(self, stage: str) -> str:
+        return config_hash(self.stage_config(stage))
+
+    def import_checkpoints(self, source_run_dir: str | os.PathLike) -> list[str]:
+        """Copy the finished stages of another run whose configuration matches this run's.
+
+        A stage is imported when ``<source>/checkpoints/<stage>.pt`` is complete and was
+        written with the same :meth:`stage_config` hash (so with per-stage ``stage_configs`` a run
+        that changes only, say, the energy settings reuses the trained behaviour model and
+        critic). Stages this run already has a checkpoint for are left alone. Returns the
+        imported stage names; :meth:`train` then restores them instead of training.
+        """
+        if self.checkpoint_dir is None:
+            raise ValueError("import_checkpoints needs a run_dir (this trainer keeps none).")
+        source = Path(source_run_dir) / "checkpoints"
+        if not source.is_dir():
+            raise CheckpointError(f"init_from={source_run_dir!s}: no checkpoints directory there.")
+        imported = []
+        for stage in self.stages:
+            src, dst = source / f"{stage.name}.pt", self.checkpoint_path(stage.name)
+            if not src.exists() or dst.exists():
+                continue
+            try:
+                state = torch.load(src, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - any unpickling/zip error means corrupt
+                raise CheckpointError(f"{src} is corrupt or unreadable ({err}).") from err
+            if state.get("done") and state.get("stage_config_hash") == self.stage_config_hash(
+                stage.name
+            ):
+                # valid for this run's configuration: re-stamped with it, source recorded
+                state.update(
+                    config_hash=self.config_hash,
+                    config=json.dumps(self.config, sort_keys=True, default=str),
+                    imported_from=str(src),
+                )
+                save_torch_atomic(state, dst)
+                imported.append(stage.name)
+        return imported
+
     def checkpoint_path(self, stage: str) -> Path:
         return self.checkpoint_dir / f"{stage}.pt"
 
@@ -411,6 +467,7 @@ class OfflineTrainer:
             "seconds": record.seconds,
             "config_hash": self.config_hash,
             "config": json.dumps(self.config, sort_keys=True, default=str),
+            "stage_config_hash": self.stage_config_hash(stage.name),
             "state": {k: v.state_dict() for k, v in stage.stateful().items()},
             "history": self._stage_history(stage.name),
             "rng": self._rng_state(),

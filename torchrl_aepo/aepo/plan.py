@@ -91,6 +91,37 @@ class TrainingPlan:
         )
         self.stages = self._joint() if joint else self._staged()
 
+    # ----------------------------------------------------------- stage dependencies
+    #: Config keys (dotted prefixes) each stage's result depends on, besides the shared ones:
+    #: a stage's checkpoint can be reused by a run that changes none of them.
+    SHARED_KEYS = ("task", "data", "seed", "train.plan", "train.adam", "train.lr_schedule",
+                   "train.grad_clip")  # fmt: skip
+    STAGE_KEYS = {
+        "diffusion": ("model.noise_network", "model.noise_widths", "model.noise_num_cells",
+                      "train.diffusion"),
+        "critic": ("model.qvalue_num_cells", "model.value_num_cells", "aepo.expectile",
+                   "aepo.discount", "train.critic"),
+        "gamma": ("model.noise_network", "model.noise_widths", "model.noise_num_cells",
+                  "train.diffusion", "train.gamma_table"),
+    }  # fmt: skip
+
+    def stage_configs(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Per-stage subsets of the full training ``config`` (nested ``task``/``data``/
+        ``model``/``aepo``/``train``/``seed``) for ``OfflineTrainer(stage_configs=...)``.
+
+        The behaviour model, the critic and the ``Gamma`` table depend only on their own
+        settings; the energy (and the joint loop) on everything. So a run that changes, say,
+        ``aepo.beta`` or ``aepo.energy_baseline`` reuses the first three stages of a finished
+        run (``init_from``) and trains only the energy.
+        """
+        out = {}
+        for stage in self.stages:
+            keys = self.STAGE_KEYS.get(stage.name)
+            out[stage.name] = (
+                dict(config) if keys is None else _select(config, (*self.SHARED_KEYS, *keys))
+            )
+        return out
+
     # ------------------------------------------------------------- the one invariant
     def sync_behaviour(self) -> None:
         """Copy the (EMA) noise-network weights into ``nets.behaviour``.
@@ -245,6 +276,23 @@ class TrainingPlan:
                 finalize=self.sync_behaviour,
             )
         ]
+
+
+def _select(config: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The entries of nested ``config`` at the dotted ``keys`` (missing keys are skipped)."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        node, parts = config, key.split(".")
+        for part in parts:
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            target = out
+            for part in parts[:-1]:
+                target = target.setdefault(part, {})
+            target[parts[-1]] = node
+    return out
 
 
 def build_training_plan(
