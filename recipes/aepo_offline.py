@@ -13,6 +13,7 @@ hydra's compose API) call.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -141,6 +142,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         sweep = guidance_sweep(
             actor, env, sweep_ws, **utils.eval_kwargs(cfg.eval, metadata, int(cfg.eval.episodes))
         )
+        deployed = None  # the policy a user should deploy: K candidates, picked by the critic
+        if cfg.deploy.num_candidates is not None:
+            deploy_cfg = dataclasses.replace(
+                aepo_cfg, num_candidates=int(cfg.deploy.num_candidates),
+                selection=str(cfg.deploy.selection),
+            )  # fmt: skip
+            deployed = guidance_sweep(
+                aepo.build_actor(nets, losses, deploy_cfg, action_low=low, action_high=high,
+                                 deterministic_seed=int(cfg.eval.seed), compile=compile_options),
+                env, [chosen], **utils.eval_kwargs(cfg.eval, metadata, int(cfg.eval.episodes)),
+            )[0]  # fmt: skip
     eval_seconds = time.perf_counter() - t0
     if logger is not None:
         for r in sweep:
@@ -152,6 +164,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results = utils.results_dict(
         cfg, task, metadata, len(replay_buffer), summary, sweep, chosen, during, device, run_dir
     )
+    results["deployed"] = None if deployed is None else {**deployed.to_dict(), **dict(cfg.deploy)}
     results["timings"].update(
         data_seconds=round(data_seconds, 3), eval_seconds=round(eval_seconds, 3)
     )

@@ -40,7 +40,7 @@ def algorithm_config(cfg: DictConfig) -> tuple[ModelConfig, AEPOConfig, TrainCon
         )
     except (KeyError, TypeError) as err:
         raise RecipeError(str(err).strip("\"'")) from None
-    problems = config_problems(*groups) + eval_problems(cfg.eval)
+    problems = config_problems(*groups) + eval_problems(cfg.eval) + deploy_problems(cfg.deploy)
     if problems:
         raise RecipeError(
             f"{len(problems)} invalid setting(s), nothing was run:\n  " + "\n  ".join(problems)
@@ -63,6 +63,19 @@ def eval_problems(eval_cfg: DictConfig) -> list[str]:
     sweep = eval_cfg.get("guidance_sweep") or []
     if any(not isinstance(w, (int, float)) or w < 0 for w in sweep):
         out.append(f"eval.guidance_sweep={list(sweep)}: guidance degrees must be >= 0")
+    return out
+
+
+def deploy_problems(deploy_cfg: DictConfig) -> list[str]:
+    """Invalid values of the ``deploy`` group."""
+    out = []
+    k = deploy_cfg.get("num_candidates")
+    if k is not None and (not isinstance(k, int) or k < 1):
+        out.append(f"deploy.num_candidates={k!r}: must be a positive integer or null")
+    if deploy_cfg.get("selection") not in ("argmax_q", "softmax_q", "first"):
+        out.append(
+            f"deploy.selection={deploy_cfg.get('selection')!r}: use argmax_q, softmax_q or first"
+        )
     return out
 
 
@@ -399,13 +412,15 @@ def results_dict(
 
 def evaluation_name(cfg: DictConfig) -> str:
     """``".eval-<hash>"``: the file suffix of an ``eval_only`` evaluation, from the sampling
-    and evaluation settings (the ``aepo`` keys training does not read, and ``eval``)."""
+    and evaluation settings (the ``aepo`` keys training does not read, ``eval`` and
+    ``deploy``)."""
     from torchrl_aepo.trainer import config_hash
 
     c = OmegaConf.to_container(cfg, resolve=True)
     trained = training_config(cfg)["aepo"]
     sampling = {k: v for k, v in c["aepo"].items() if k not in trained}
-    return f".eval-{config_hash({'aepo': sampling, 'eval': c['eval']})}"
+    settings = {"aepo": sampling, "eval": c["eval"], "deploy": c["deploy"]}
+    return f".eval-{config_hash(settings)}"
 
 
 def write_plots(
@@ -443,6 +458,7 @@ def write_plots(
 #: Entries of results.json that hold evaluation scores: a non-finite value there is an error.
 SCORE_KEYS = (
     "final",
+    "deployed",
     "behaviour",
     "improvement_over_behaviour",
     "best",
@@ -509,6 +525,12 @@ def print_report(results: dict, table: str) -> None:
         f"  behaviour     w=0: normalized score {b['normalized_mean']:.1f} ± "
         f"{b['normalized_std']:.1f}  (return {b['return_mean']:.1f} ± {b['return_std']:.1f})"
     )
+    if results.get("deployed"):
+        d = results["deployed"]
+        print(
+            f"  deployed      w={d['guidance']:g}, K={d['num_candidates']} ({d['selection']}): "
+            f"normalized score {d['normalized_mean']:.1f} ± {d['normalized_std']:.1f}"
+        )
     print(f"  best during training: {bd['normalized_score']:.1f} at step {bd['step']}")
     print("  guidance sweep (same env seeds):")
     print("    " + table.replace("\n", "\n    "))

@@ -102,6 +102,7 @@ def test_smoke_end_to_end(recipe, data_root, tmp_path):
         assert stages[name]["steps"] == 30 and stages[name]["updates_per_s"] > 0
     assert on_disk["timings"]["total_seconds"] > 0
     assert results["final"]["normalized_mean"] == on_disk["final"]["normalized_mean"]
+    assert on_disk["deployed"] is None  # deploy.num_candidates=null: not evaluated
 
     for plot in ("training_losses.png", "eval_over_training.png", "guidance_sweep.png"):
         path = run_dir / "plots" / plot
@@ -368,7 +369,14 @@ def test_eval_only_evaluates_a_finished_run_under_other_sampling_settings(
     original = (run_dir / "results.json").read_bytes()
     sampling = ["aepo.guidance=2.0", "aepo.num_candidates=4", "aepo.selection=argmax_q"]
     again = recipe.run(
-        _cfg(data_root, run_dir, "eval_only=true", "eval.guidance_sweep=[0.0]", *sampling)
+        _cfg(
+            data_root,
+            run_dir,
+            "eval_only=true",
+            "eval.guidance_sweep=[0.0]",
+            "deploy.num_candidates=3",
+            *sampling,
+        )
     )
     assert all(s["skipped"] and s["steps_this_run"] == 0 for s in again["train"]["stages"].values())
     assert (run_dir / "results.json").read_bytes() == original  # never overwritten
@@ -376,6 +384,8 @@ def test_eval_only_evaluates_a_finished_run_under_other_sampling_settings(
     assert len(written) == 1
     on_disk = json.loads(written[0].read_text())
     assert on_disk["final"]["guidance"] == 2.0
+    assert on_disk["deployed"]["num_candidates"] == 3 and on_disk["deployed"]["guidance"] == 2.0
+    assert len(on_disk["deployed"]["returns"]) == 2
     assert on_disk["config"]["aepo"]["num_candidates"] == 4
     # a training key may not differ: refused with the changed key
     with pytest.raises(recipe.RecipeError, match=r"aepo.beta"):
