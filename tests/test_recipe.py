@@ -408,7 +408,7 @@ def test_init_from_reuses_the_stages_whose_settings_are_unchanged(recipe, data_r
             tmp_path / "energy_only",
             f"init_from={first}",
             "aepo.beta=0.7",
-            "aepo.energy_baseline=value",
+            "aepo.energy_baseline=none",
             "train.eval_interval=0",
         )
     )

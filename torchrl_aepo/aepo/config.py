@@ -163,7 +163,8 @@ class SolverConfig(_Config):
 
 @dataclass(frozen=True)
 class AEPOConfig(_Config):
-    """AEPO's hyperparameters (the ``aepo`` group); defaults are the paper's.
+    """AEPO's hyperparameters (the ``aepo`` group); defaults are the paper's except
+    ``energy_baseline`` and the sampler (see :class:`SolverConfig`).
 
     Attributes:
         beta: inverse temperature of ``pi ∝ mu exp(beta Q)``.
@@ -171,8 +172,10 @@ class AEPOConfig(_Config):
         discount: the RL discount of the critic's TD target.
         posterior: ``1`` (``Gamma`` table, Eq. 22) or ``2`` (Eq. 24) for ``sigma^2_{0|t}``.
         clip_posterior_mean: box for ``mu_{0|t}`` in the energy target, or ``None``.
-        energy_baseline: ``"none"`` regresses ``beta Q`` (the paper); ``"value"`` regresses
-            ``beta (Q - V(s))``, which has the same action gradient.
+        energy_baseline: ``"value"`` (default) regresses ``beta (Q - V(s))``, which has the
+            same action gradient as ``beta Q``; ``"none"`` regresses ``beta Q``, the paper's
+            literal form (a deviation we make by default: the network otherwise has to fit
+            the large state-dependent offset ``beta V(s)`` first).
         guidance: guidance degree ``w`` of the reported policy (``0``: the behaviour policy).
         rescale: guidance rescaling (Eq. 45).
         num_candidates / selection: ``K`` actions per state and how one is picked
@@ -186,7 +189,7 @@ class AEPOConfig(_Config):
     discount: float = 0.99
     posterior: int = 1
     clip_posterior_mean: tuple[float, float] | None = (-1.0, 1.0)
-    energy_baseline: Literal["none", "value"] = "none"
+    energy_baseline: Literal["none", "value"] = "value"
     guidance: float = 1.0
     rescale: bool = True
     num_candidates: int = 1
