@@ -140,8 +140,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg, task, metadata, len(replay_buffer), summary, sweep, chosen, during, device, run_dir
     )
     results["timings"].update(
-        data_seconds=round(data_seconds, 3), eval_seconds=round(eval_seconds, 3)
-    )
+        data_seconds=round(data_seconds, 3), eval_seconds=round(eval_seconds, 3),
+        support_actions=plan.support_stats or None,
+    )  # fmt: skip
     results["plots"] = utils.write_plots(
         run_dir, trainer.history, results, title=f"{task.name} (seed {cfg.seed})"
     )
