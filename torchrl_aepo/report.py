@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}")
         return 2
-    for name, path in written.items():
+    for path in written.values():
         print(f"wrote {path}")
     return 0
 
