@@ -80,7 +80,9 @@ class AEPOLosses:
     Attributes:
         diffusion: :class:`~torchrl_aepo.DiffusionLoss` (Eq. 7).
         diffusion_ema: its EMA ``SoftUpdate``, or ``None`` without EMA.
-        critic: :class:`~torchrl_aepo.ExpectileLoss` (Eq. 27).
+        critic: the critic of ``aepo.critic`` (:func:`build_critic_loss`):
+            :class:`~torchrl_aepo.ExpectileLoss` (Eq. 27, the default), ``ISQLLoss`` or
+            ``CQLCriticLoss``.
         critic_target: the target-Q ``SoftUpdate``.
     """
 
