@@ -166,7 +166,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     results["deployed"] = None if deployed is None else {**deployed.to_dict(), **dict(cfg.deploy)}
     results["timings"].update(
-        data_seconds=round(data_seconds, 3), eval_seconds=round(eval_seconds, 3)
+        data_seconds=round(data_seconds, 3),
+        eval_seconds=round(eval_seconds, 3),
+        support_actions=plan.support_stats or None,
     )
     name = utils.evaluation_name(cfg) if eval_only else ""  # "" | ".eval-<hash of the settings>"
     results["plots"] = utils.write_plots(

@@ -109,12 +109,25 @@ def training_config(cfg: DictConfig) -> dict:
                  "stop_after_stage")  # fmt: skip
     trained = ("beta", "expectile", "discount", "posterior", "clip_posterior_mean",
                "energy_baseline")  # fmt: skip
+    train = {k: v for k, v in c["train"].items() if k not in untrained}
+    aepo = {k: c["aepo"][k] for k in trained}
+    # The ablation keys enter the hash only off AEPO's defaults, so that runs started before
+    # they existed keep resuming.
+    if (
+        c["aepo"].get("critic", "expectile") != "expectile"
+        or c["aepo"].get("energy", "analytic") != "analytic"
+    ):
+        ablation = ("critic", "energy", "num_support", "isql_beta", "cql_alpha",
+                    "cql_num_random", "cql_temperature")  # fmt: skip
+        aepo.update({k: c["aepo"][k] for k in ablation})
+    else:
+        train.pop("supports", None)
     return {
         "task": c["task"],
         "data": c["data"],
         "model": c["model"],
-        "aepo": {k: c["aepo"][k] for k in trained},
-        "train": {k: v for k, v in c["train"].items() if k not in untrained},
+        "aepo": aepo,
+        "train": train,
         "seed": c["seed"],
     }
 
@@ -359,8 +372,12 @@ def results_dict(
     last_step = list(summary["stages"].values())[-1]["steps"]  # the last stage's
     during_points = [*during, [last_step, final.normalized_mean]]
     best_during = max(during_points, key=lambda p: p[1])
+    from torchrl_aepo.report import method_name
+
+    config = OmegaConf.to_container(cfg, resolve=True)
     return {
         "task": task.name,
+        "method": config.get("method") or method_name(config),
         "dataset": {
             "id": task.dataset_id,
             "backend": task.backend,
@@ -404,7 +421,7 @@ def results_dict(
             "timeit": timeit_summary(),
         },
         "train": summary,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
         "versions": versions(),
         "run_dir": str(run_dir),
     }

@@ -8,8 +8,10 @@ three modules: :mod:`.config`, :mod:`.build` and :mod:`.plan`.
   OmegaConf mapping and refuses unknown keys; :func:`config_problems` lists every bad value);
 * :func:`build_networks` -> :class:`AEPONetworks` (noise predictor, its frozen *behaviour*
   copy, twin Q, V, energy network), :func:`build_losses` -> :class:`AEPOLosses`
-  (``DiffusionLoss`` + EMA, ``ExpectileLoss`` + target update), :func:`build_energy_loss`
-  (``AnalyticEnergyLoss``, optionally on the advantage ``Q - V``) and :func:`build_actor`
+  (``DiffusionLoss`` + EMA, the critic of ``aepo.critic`` -- ``ExpectileLoss`` by default,
+  ``ISQLLoss`` / ``CQLCriticLoss`` for the ablations -- + target update),
+  :func:`build_energy_loss` (the energy of ``aepo.energy``: ``AnalyticEnergyLoss`` by default,
+  MSE / DPS / CEP for the ablations, optionally on the advantage ``Q - V``) and :func:`build_actor`
   (:class:`~torchrl_aepo.AEPOActor`);
 * :func:`build_training_plan` -> :class:`TrainingPlan`: the stages the generic
   :class:`~torchrl_aepo.trainer.OfflineTrainer` runs, either *staged* (``diffusion -> critic
@@ -45,6 +47,7 @@ from torchrl_aepo.aepo.build import (
     AEPOLosses,
     AEPONetworks,
     build_actor,
+    build_critic_loss,
     build_energy_loss,
     build_losses,
     build_networks,
@@ -60,6 +63,7 @@ from torchrl_aepo.aepo.config import (
     JointStageConfig,
     ModelConfig,
     SolverConfig,
+    SupportsStageConfig,
     TrainConfig,
     config_problems,
 )
@@ -76,11 +80,13 @@ __all__ = [
     "EnergyStageConfig",
     "GammaTableConfig",
     "JointStageConfig",
+    "SupportsStageConfig",
     "ModelConfig",
     "SolverConfig",
     "TrainConfig",
     "TrainingPlan",
     "build_actor",
+    "build_critic_loss",
     "build_energy_loss",
     "build_losses",
     "build_networks",

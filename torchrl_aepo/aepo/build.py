@@ -80,7 +80,9 @@ class AEPOLosses:
     Attributes:
         diffusion: :class:`~torchrl_aepo.DiffusionLoss` (Eq. 7).
         diffusion_ema: its EMA ``SoftUpdate``, or ``None`` without EMA.
-        critic: :class:`~torchrl_aepo.ExpectileLoss` (Eq. 27).
+        critic: the critic of ``aepo.critic`` (:func:`build_critic_loss`):
+            :class:`~torchrl_aepo.ExpectileLoss` (Eq. 27, the default), ``ISQLLoss`` or
+            ``CQLCriticLoss``.
         critic_target: the target-Q ``SoftUpdate``.
     """
 
@@ -97,6 +99,40 @@ def _maybe_compile(loss: nn.Module, compile: Mapping[str, Any] | None) -> nn.Mod
     return loss
 
 
+def build_critic_loss(nets: AEPONetworks, aepo: AEPOConfig) -> nn.Module:
+    """The critic of ``aepo.critic`` on ``nets.qvalue`` / ``nets.value``.
+
+    * ``"expectile"``: :class:`~torchrl_aepo.objectives.ExpectileLoss` (IQL, Eq. 27);
+    * ``"isql"``: :class:`~torchrl_aepo.objectives.ISQLLoss` (QGPO's softmax backup over
+      ``aepo.num_support`` behaviour-model actions at ``s'``, ``beta_Q = aepo.isql_beta``);
+    * ``"cql"``: :class:`~torchrl_aepo.objectives.CQLCriticLoss` (penalty weight
+      ``aepo.cql_alpha`` over ``aepo.cql_num_random`` uniform actions in ``[-1, 1]``, the
+      training box, and the supports at ``s``).
+
+    For ``isql``/``cql`` ``nets.value`` is trained as a state baseline (for
+    ``energy_baseline=value``) and does not enter the TD target.
+    """
+    from torchrl_aepo.objectives import CQLCriticLoss, ExpectileLoss, ISQLLoss
+
+    discount = float(aepo.discount)
+    if aepo.critic == "expectile":
+        return ExpectileLoss(
+            nets.qvalue, nets.value, expectile=float(aepo.expectile), discount=discount
+        )
+    if aepo.critic == "isql":
+        return ISQLLoss(nets.qvalue, nets.value, beta_q=float(aepo.isql_beta), discount=discount)
+    if aepo.critic == "cql":
+        return CQLCriticLoss(
+            nets.qvalue,
+            nets.value,
+            alpha=float(aepo.cql_alpha),
+            num_random=int(aepo.cql_num_random),
+            temperature=float(aepo.cql_temperature),
+            discount=discount,
+        )
+    raise ValueError(f"aepo.critic must be expectile, isql or cql, got {aepo.critic!r}.")
+
+
 def build_losses(
     nets: AEPONetworks,
     aepo: AEPOConfig,
@@ -104,18 +140,17 @@ def build_losses(
     schedule: VPSchedule | None = None,
     compile: Mapping[str, Any] | None = None,
 ) -> AEPOLosses:
-    """``DiffusionLoss`` (+ EMA) on ``nets.noise`` and ``ExpectileLoss`` on ``nets.qvalue/value``.
+    """``DiffusionLoss`` (+ EMA) on ``nets.noise`` and the critic of ``aepo.critic``
+    (:func:`build_critic_loss`) with its target update.
 
     ``compile``: ``torch.compile`` keyword arguments (``{}`` for the defaults) to compile each
     loss's forward in place, or ``None``.
     """
-    from torchrl_aepo.objectives import DiffusionLoss, ExpectileLoss
+    from torchrl_aepo.objectives import DiffusionLoss
 
     ema_decay = train.diffusion.ema_decay
     diffusion = DiffusionLoss(nets.noise, schedule=schedule, ema=ema_decay is not None)
-    critic = ExpectileLoss(
-        nets.qvalue, nets.value, expectile=float(aepo.expectile), discount=float(aepo.discount)
-    )
+    critic = build_critic_loss(nets, aepo)
     return AEPOLosses(
         diffusion=_maybe_compile(diffusion, compile),
         diffusion_ema=None if ema_decay is None else SoftUpdate(diffusion, tau=1.0 - ema_decay),
@@ -157,8 +192,25 @@ def build_energy_loss(
     posterior_statistics: Any,
     compile: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """``AnalyticEnergyLoss`` (Eqs. 25-26) on the frozen behaviour model and target critic."""
-    from torchrl_aepo.objectives import AnalyticEnergyLoss, frozen_view
+    """The energy loss of ``aepo.energy`` on the frozen behaviour model and target critic.
+
+    * ``"analytic"``: :class:`~torchrl_aepo.objectives.AnalyticEnergyLoss` (AEPO, Eqs. 25-26;
+      needs ``posterior_statistics``);
+    * ``"mse"`` / ``"dps"``: :class:`~torchrl_aepo.objectives.MSEEnergyLoss` /
+      :class:`~torchrl_aepo.objectives.DPSEnergyLoss` (Eq. 10's inexact energies);
+    * ``"cep"``: :class:`~torchrl_aepo.objectives.CEPEnergyLoss` (QGPO's contrastive energy);
+      it reads ``aepo.num_support`` support actions at ``s`` from the batch key
+      ``("support", "action")``, which the plan's ``supports`` stage provides.
+
+    With ``aepo.energy_baseline="value"`` the critic is ``Q - V(s)`` (:class:`AdvantageCritic`).
+    """
+    from torchrl_aepo.objectives import (
+        AnalyticEnergyLoss,
+        CEPEnergyLoss,
+        DPSEnergyLoss,
+        MSEEnergyLoss,
+        frozen_view,
+    )
 
     critic = losses.critic.target_qvalue_network()
     if aepo.energy_baseline == "value":
@@ -168,15 +220,30 @@ def build_energy_loss(
             f"aepo.energy_baseline must be none or value, got {aepo.energy_baseline!r}."
         )
     clip = aepo.clip_posterior_mean
-    loss = AnalyticEnergyLoss(
-        nets.energy,
-        nets.behaviour,
-        critic,
-        posterior_statistics,
-        beta=float(aepo.beta),
-        posterior=int(aepo.posterior),
-        clip_posterior_mean=None if clip is None else tuple(clip),
-    )
+    clip = None if clip is None else tuple(clip)
+    beta = float(aepo.beta)
+    if aepo.energy == "analytic":
+        if posterior_statistics is None:
+            raise ValueError("aepo.energy=analytic needs the posterior statistics (Gamma table).")
+        loss = AnalyticEnergyLoss(
+            nets.energy,
+            nets.behaviour,
+            critic,
+            posterior_statistics,
+            beta=beta,
+            posterior=int(aepo.posterior),
+            clip_posterior_mean=clip,
+        )
+    elif aepo.energy == "mse":
+        loss = MSEEnergyLoss(nets.energy, nets.behaviour, critic, beta=beta)
+    elif aepo.energy == "dps":
+        loss = DPSEnergyLoss(
+            nets.energy, nets.behaviour, critic, beta=beta, clip_posterior_mean=clip
+        )
+    elif aepo.energy == "cep":
+        loss = CEPEnergyLoss(nets.energy, nets.behaviour, critic, beta=beta)
+    else:
+        raise ValueError(f"aepo.energy must be analytic, mse, dps or cep, got {aepo.energy!r}.")
     return _maybe_compile(loss, compile)
 
 

@@ -14,6 +14,11 @@ from typing import Any, Literal
 PLANS = ("staged", "joint")
 STAGED = ("diffusion", "critic", "gamma", "energy")
 JOINT = ("joint",)
+#: Every stage a staged plan can have: ``supports`` only when a critic or energy reads
+#: behaviour-model support actions, ``gamma`` only for the analytic energy.
+ALL_STAGED = ("diffusion", "supports", "critic", "gamma", "energy")
+CRITICS = ("expectile", "isql", "cql")
+ENERGIES = ("analytic", "mse", "dps", "cep")
 
 
 def _from_mapping(cls: type, mapping: Mapping[str, Any] | None, path: str) -> Any:
@@ -181,6 +186,15 @@ class AEPOConfig(_Config):
         num_candidates / selection: ``K`` actions per state and how one is picked
             (``"first"``, ``"argmax_q"``, ``"softmax_q"``).
         solver: the sampler.
+        critic: ``"expectile"`` (IQL, Eq. 27, the paper's), ``"isql"`` (QGPO's in-support
+            softmax Q-learning) or ``"cql"`` (conservative Q-learning): the Figure-1 ablations.
+        energy: ``"analytic"`` (AEPO, Eq. 25), ``"mse"``, ``"dps"`` (Eq. 10) or ``"cep"``
+            (QGPO's contrastive energy); ``critic="isql", energy="cep"`` is QGPO.
+        num_support: ``K`` behaviour-model support actions per state (``isql``/``cql`` at
+            ``s'``, ``cql``/``cep`` at ``s``), generated once after the diffusion stage.
+        isql_beta: ``beta_Q`` of the ISQL softmax backup (QGPO: 1).
+        cql_alpha / cql_num_random / cql_temperature: CQL's penalty weight, uniform actions
+            per state and logsumexp temperature.
     """
 
     _group = "aepo."
@@ -195,9 +209,34 @@ class AEPOConfig(_Config):
     num_candidates: int = 1
     selection: Literal["first", "argmax_q", "softmax_q"] = "first"
     solver: SolverConfig = field(default_factory=SolverConfig)
+    critic: Literal["expectile", "isql", "cql"] = "expectile"
+    energy: Literal["analytic", "mse", "dps", "cep"] = "analytic"
+    num_support: int = 16
+    isql_beta: float = 1.0
+    cql_alpha: float = 1.0
+    cql_num_random: int = 10
+    cql_temperature: float = 1.0
+
+    def needs_supports(self) -> tuple[bool, bool]:
+        """Whether support actions are needed ``(at s, at s')``."""
+        return self.critic == "cql" or self.energy == "cep", self.critic in ("isql", "cql")
 
     def problems(self, prefix: str = "aepo.") -> list[str]:
         out = []
+        if self.critic not in CRITICS:
+            out.append(f"{prefix}critic={self.critic!r}: use expectile, isql or cql")
+        if self.energy not in ENERGIES:
+            out.append(f"{prefix}energy={self.energy!r}: use analytic, mse, dps or cep")
+        if not isinstance(self.num_support, int) or self.num_support < 2:
+            out.append(f"{prefix}num_support={self.num_support!r}: must be an integer >= 2")
+        if not (isinstance(self.isql_beta, (int, float)) and self.isql_beta >= 0):
+            out.append(f"{prefix}isql_beta={self.isql_beta!r}: must be >= 0")
+        if not (isinstance(self.cql_alpha, (int, float)) and self.cql_alpha >= 0):
+            out.append(f"{prefix}cql_alpha={self.cql_alpha!r}: must be >= 0")
+        if not isinstance(self.cql_num_random, int) or self.cql_num_random < 0:
+            out.append(f"{prefix}cql_num_random={self.cql_num_random!r}: must be an integer >= 0")
+        if not (isinstance(self.cql_temperature, (int, float)) and self.cql_temperature > 0):
+            out.append(f"{prefix}cql_temperature={self.cql_temperature!r}: must be > 0")
         if not self.beta > 0:
             out.append(f"{prefix}beta={self.beta!r}: must be > 0")
         if not 0 < self.expectile < 1:
@@ -261,6 +300,19 @@ class CriticStageConfig(_Config):
         if not 0 < self.target_tau <= 1:
             out.append(f"{prefix}target_tau={self.target_tau!r}: must be in (0, 1]")
         return out
+
+
+@dataclass(frozen=True)
+class SupportsStageConfig(_Config):
+    """Support-action generation (only with ``aepo.critic=isql|cql`` or ``aepo.energy=cep``):
+    ``batch_size`` states per DPM-Solver call (each with ``aepo.num_support`` samples)."""
+
+    batch_size: int = 1024
+
+    def problems(self, prefix: str) -> list[str]:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            return [f"{prefix}batch_size={self.batch_size!r}: must be a positive integer"]
+        return []
 
 
 @dataclass(frozen=True)
@@ -328,6 +380,7 @@ class TrainConfig(_Config):
     diffusion: DiffusionStageConfig = field(default_factory=DiffusionStageConfig)
     critic: CriticStageConfig = field(default_factory=CriticStageConfig)
     gamma_table: GammaTableConfig = field(default_factory=GammaTableConfig)
+    supports: SupportsStageConfig = field(default_factory=SupportsStageConfig)
     energy: EnergyStageConfig = field(default_factory=EnergyStageConfig)
     joint: JointStageConfig = field(default_factory=JointStageConfig)
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -354,8 +407,19 @@ class TrainConfig(_Config):
             **kwargs,
         )
 
-    def stage_names(self) -> tuple[str, ...]:
-        return JOINT if self.plan == "joint" else STAGED
+    def stage_names(self, aepo: AEPOConfig | None = None) -> tuple[str, ...]:
+        """The plan's stages; without ``aepo`` every stage the plan may have."""
+        if self.plan == "joint":
+            return JOINT
+        if aepo is None:
+            return ALL_STAGED
+        at_s, at_next = aepo.needs_supports()
+        return tuple(
+            name
+            for name in ALL_STAGED
+            if (name != "supports" or at_s or at_next)
+            and (name != "gamma" or aepo.energy == "analytic")
+        )
 
     def problems(self, prefix: str = "train.") -> list[str]:
         out = []
@@ -371,6 +435,7 @@ class TrainConfig(_Config):
             out += self.diffusion.problems(f"{prefix}diffusion.")
             out += self.critic.problems(f"{prefix}critic.")
             out += self.energy.problems(f"{prefix}energy.")
+        out += self.supports.problems(f"{prefix}supports.")
         out += self.gamma_table.problems(f"{prefix}gamma_table.")
         if self.lr_schedule not in ("constant", "cosine"):
             out.append(f"{prefix}lr_schedule={self.lr_schedule!r}: use constant or cosine")
@@ -398,4 +463,17 @@ class TrainConfig(_Config):
 
 def config_problems(model: ModelConfig, aepo: AEPOConfig, train: TrainConfig) -> list[str]:
     """Every invalid value of the three groups, as ``"group.key=value: what is allowed"``."""
-    return model.problems() + aepo.problems() + train.problems()
+    out = model.problems() + aepo.problems() + train.problems()
+    if train.plan == "joint" and (aepo.critic != "expectile" or aepo.energy != "analytic"):
+        out.append(
+            f"aepo.critic={aepo.critic!r} aepo.energy={aepo.energy!r}: train.plan=joint trains "
+            "only the expectile critic and the analytic energy (the ablations need the trained "
+            "behaviour model first); use train.plan=staged"
+        )
+    stop = train.stop_after_stage
+    if train.plan == "staged" and stop in ALL_STAGED and stop not in train.stage_names(aepo):
+        out.append(
+            f"train.stop_after_stage={stop!r}: this plan has the stages "
+            f"{list(train.stage_names(aepo))}"
+        )
+    return out

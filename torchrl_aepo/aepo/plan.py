@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,6 +45,20 @@ class _PosteriorSlot:
         self.plan._set_posterior(PosteriorStatistics.from_state_dict(dict(state)))
 
 
+class _SupportsSlot:
+    """Checkpoints the plan's support actions (generated once, after the diffusion stage)."""
+
+    def __init__(self, plan: TrainingPlan) -> None:
+        self.plan = plan
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"supports": dict(self.plan.supports), "stats": dict(self.plan.support_stats)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.plan.supports = dict(state["supports"])
+        self.plan.support_stats = dict(state["stats"])
+
+
 class TrainingPlan:
     """AEPO's training stages for :class:`~torchrl_aepo.trainer.OfflineTrainer`.
 
@@ -52,6 +67,15 @@ class TrainingPlan:
     statistics (:attr:`posterior`) and the energy loss (:attr:`energy_loss`, built when the
     energy stage starts) and keeps the behaviour network in sync with the trained noise
     network (:meth:`sync_behaviour`).
+
+    The ablations change the staged plan (:meth:`TrainConfig.stage_names`): with
+    ``aepo.critic=isql|cql`` or ``aepo.energy=cep`` a ``supports`` stage after ``diffusion``
+    draws ``aepo.num_support`` actions per transition from the frozen behaviour model, once,
+    at ``s'`` (``isql``, ``cql``) and/or at ``s`` (``cql``, ``cep``); they are kept in
+    :attr:`supports` (``"at_s"`` / ``"at_next"``, ``[N, K, d]``, checkpointed), their cost in
+    :attr:`support_stats`, and added to each critic/energy batch by its ``"index"`` under
+    ``("support", "action")`` / ``("next", "support", "action")``. The ``gamma`` stage exists
+    only for ``aepo.energy=analytic``.
     """
 
     def __init__(
@@ -71,6 +95,14 @@ class TrainingPlan:
         self.nets, self.losses, self.dataset = nets, losses, dataset
         self.aepo, self.train = aepo, train
         self.compile = compile
+        self.seed = int(seed)
+        self.supports: dict[str, Tensor] = {}
+        self.support_stats: dict[str, float] = {}
+        if train.plan == "joint" and (aepo.critic != "expectile" or aepo.energy != "analytic"):
+            raise ValueError(
+                f"train.plan=joint supports only aepo.critic=expectile and aepo.energy=analytic "
+                f"(got {aepo.critic!r}, {aepo.energy!r}); use train.plan=staged."
+            )
         self.posterior: Any = None
         self.energy_loss: nn.Module | None = None
         self._energy_step: OptimizerStep | None = None
@@ -87,7 +119,7 @@ class TrainingPlan:
             nets.noise, train.diffusion.lr, budget["diffusion"], "loss_diffusion"
         )
         self.critic_step = optimizer_step(
-            losses.critic, train.critic.lr, budget["critic"], "loss_qvalue + loss_value"
+            losses.critic, train.critic.lr, budget["critic"], "sum of the critic's loss_*"
         )
         self.stages = self._joint() if joint else self._staged()
 
@@ -96,13 +128,16 @@ class TrainingPlan:
     #: a stage's checkpoint can be reused by a run that changes none of them.
     SHARED_KEYS = ("task", "data", "seed", "train.plan", "train.adam", "train.lr_schedule",
                    "train.grad_clip")  # fmt: skip
+    _BEHAVIOUR_KEYS = ("model.noise_network", "model.noise_widths", "model.noise_num_cells",
+                       "train.diffusion")  # fmt: skip
+    _SUPPORT_KEYS = ("aepo.critic", "aepo.energy", "aepo.num_support", "train.supports")
     STAGE_KEYS = {
-        "diffusion": ("model.noise_network", "model.noise_widths", "model.noise_num_cells",
-                      "train.diffusion"),
+        "diffusion": _BEHAVIOUR_KEYS,
+        "supports": (*_BEHAVIOUR_KEYS, *_SUPPORT_KEYS),
         "critic": ("model.qvalue_num_cells", "model.value_num_cells", "aepo.expectile",
-                   "aepo.discount", "train.critic"),
-        "gamma": ("model.noise_network", "model.noise_widths", "model.noise_num_cells",
-                  "train.diffusion", "train.gamma_table"),
+                   "aepo.discount", "aepo.critic", "aepo.isql_beta", "aepo.cql_alpha",
+                   "aepo.cql_num_random", "aepo.cql_temperature", "train.critic"),
+        "gamma": (*_BEHAVIOUR_KEYS, "train.gamma_table"),
     }  # fmt: skip
 
     def stage_configs(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -110,13 +145,16 @@ class TrainingPlan:
         ``model``/``aepo``/``train``/``seed``) for ``OfflineTrainer(stage_configs=...)``.
 
         The behaviour model, the critic and the ``Gamma`` table depend only on their own
-        settings; the energy (and the joint loop) on everything. So a run that changes, say,
-        ``aepo.beta`` or ``aepo.energy_baseline`` reuses the first three stages of a finished
-        run (``init_from``) and trains only the energy.
+        settings (a critic that reads support actions, ``aepo.critic=isql|cql``, also on the
+        behaviour model's and the supports'); the energy (and the joint loop) on everything.
+        So a run that changes, say, ``aepo.beta`` or ``aepo.energy_baseline`` reuses the
+        first stages of a finished run (``init_from``) and trains only the energy.
         """
         out = {}
         for stage in self.stages:
             keys = self.STAGE_KEYS.get(stage.name)
+            if stage.name == "critic" and self.aepo.critic != "expectile":
+                keys = (*keys, *self._BEHAVIOUR_KEYS, *self._SUPPORT_KEYS)
             out[stage.name] = (
                 dict(config) if keys is None else _select(config, (*self.SHARED_KEYS, *keys))
             )
@@ -176,6 +214,80 @@ class TrainingPlan:
                 self.nets.energy, self.train.energy.lr, self._budget["energy"], "loss_energy"
             )
 
+    @torch.no_grad()
+    def generate_supports(self) -> dict[str, float]:
+        """Draw the support actions from ``nets.behaviour`` (unguided DPM-Solver, ``aepo.solver``).
+
+        ``train.supports.batch_size`` states per solver call, each with ``aepo.num_support``
+        samples, from a generator seeded with ``seed + 2``. Returns (and keeps in
+        :attr:`support_stats`) the wall time, the memory the supports hold and, on CUDA, the
+        peak device memory of the generation.
+        """
+        from torchrl_aepo.diffusion.solver import DPMSolver
+        from torchrl_aepo.objectives import sample_support_actions
+
+        at_s, at_next = self.aepo.needs_supports()
+        device = self.dataset.device or torch.device("cpu")
+        cuda = torch.device(device).type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        generator = torch.Generator(device=device).manual_seed(self.seed + 2)
+        solver = DPMSolver(self.losses.diffusion.schedule, **self.aepo.solver.to_dict())
+        chunk, k = int(self.train.supports.batch_size), int(self.aepo.num_support)
+        keys = [("at_s", "observation")] if at_s else []
+        keys += [("at_next", ("next", "observation"))] if at_next else []
+        start = time.perf_counter()
+        supports = {}
+        for name, key in keys:
+            states = self.dataset.get(key)
+            supports[name] = torch.cat(
+                [
+                    sample_support_actions(
+                        self.nets.behaviour, states[i : i + chunk], k, solver=solver,
+                        generator=generator,
+                    )
+                    for i in range(0, states.shape[0], chunk)
+                ]
+            )  # fmt: skip
+        if cuda:
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        num = sum(v.shape[0] * v.shape[1] for v in supports.values())
+        stats = {
+            "seconds": seconds,
+            "num_samples": float(num),
+            "samples_per_s": num / seconds if seconds > 0 else float("nan"),
+            "megabytes": sum(v.numel() * v.element_size() for v in supports.values()) / 2**20,
+        }
+        if cuda:
+            stats["peak_device_megabytes"] = torch.cuda.max_memory_allocated(device) / 2**20
+        self.supports, self.support_stats = supports, stats
+        print(
+            f"[aepo] support actions: {num} samples ({', '.join(supports)}; K={k}) in "
+            f"{seconds:.1f} s, {stats['megabytes']:.1f} MB"
+        )
+        return stats
+
+    def with_supports(self, batch: TensorDictBase) -> TensorDictBase:
+        """``batch`` with its transitions' support actions (read by their ``"index"``)."""
+        if not self.supports:
+            return batch
+        index = batch.get("index", None)
+        if index is None:
+            raise KeyError(
+                "the plan's support actions are looked up by the batch's 'index' entry (a "
+                "TensorDictReplayBuffer sample has it); this batch has none."
+            )
+        if "at_s" in self.supports:
+            batch.set(("support", "action"), self.supports["at_s"][index])
+        if "at_next" in self.supports:
+            batch.set(("next", "support", "action"), self.supports["at_next"][index])
+        return batch
+
+    def _supports_update(self, _batch: None, _step: int) -> dict[str, Tensor]:
+        return {f"supports_{k}": torch.tensor(v) for k, v in self.generate_supports().items()}
+
     def _diffusion_update(self, batch: TensorDictBase, _step: int) -> dict[str, Tensor]:
         out = self.losses.diffusion(batch)
         self.diffusion_step(out["loss_diffusion"])
@@ -184,13 +296,14 @@ class TrainingPlan:
         return _metrics(out)
 
     def _critic_update(self, batch: TensorDictBase, _step: int) -> dict[str, Tensor]:
-        out = self.losses.critic(batch)
-        self.critic_step(out["loss_qvalue"] + out["loss_value"])
+        out = self.losses.critic(self.with_supports(batch))
+        names = [k for k in out.keys() if k.startswith("loss_")]
+        self.critic_step(sum(out[k] for k in names), name=" + ".join(names))
         self.losses.critic_target.step()
         return _metrics(out)
 
     def _energy_update(self, batch: TensorDictBase, _step: int) -> dict[str, Tensor]:
-        out = self.energy_loss(batch)
+        out = self.energy_loss(self.with_supports(batch))
         self._energy_step(out["loss_energy"])
         return _metrics(out)
 
@@ -200,7 +313,7 @@ class TrainingPlan:
 
     def _staged(self) -> list[Stage]:
         t = self.train
-        return [
+        stages = [
             Stage(
                 "diffusion",
                 t.diffusion.steps,
@@ -208,6 +321,13 @@ class TrainingPlan:
                 lambda: {"loss": self.losses.diffusion, "optim": self.diffusion_step},
                 batch_size=t.diffusion.batch_size,
                 finalize=self.sync_behaviour,
+            ),
+            Stage(
+                "supports",
+                1,
+                self._supports_update,
+                lambda: {"supports": _SupportsSlot(self)},
+                batch_size=None,
             ),
             Stage(
                 "critic",
@@ -232,6 +352,8 @@ class TrainingPlan:
                 setup=self._build_energy,
             ),
         ]
+        names = t.stage_names(self.aepo)
+        return [stage for stage in stages if stage.name in names]
 
     def _joint(self) -> list[Stage]:
         refresh = self.train.joint.gamma_refresh_interval

@@ -1,6 +1,7 @@
 """AEPO's loss modules (``torchrl.objectives.LossModule`` subclasses)."""
 
 from torchrl_aepo.objectives.common import frozen_view
+from torchrl_aepo.objectives.cql import CQLCriticLoss
 from torchrl_aepo.objectives.diffusion import DiffusionLoss
 from torchrl_aepo.objectives.energy import (
     AnalyticEnergyLoss,
@@ -14,11 +15,15 @@ from torchrl_aepo.objectives.energy_baselines import (
     sample_support_actions,
 )
 from torchrl_aepo.objectives.expectile import ExpectileLoss
+from torchrl_aepo.objectives.isql import ISQLLoss, SupportCriticLoss
 from torchrl_aepo.objectives.posterior import PosteriorStatistics
 
 __all__ = [
     "DiffusionLoss",
     "ExpectileLoss",
+    "ISQLLoss",
+    "CQLCriticLoss",
+    "SupportCriticLoss",
     "PosteriorStatistics",
     "EnergyLossBase",
     "TargetRegressionEnergyLoss",

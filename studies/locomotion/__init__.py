@@ -1,0 +1,1 @@
+"""Locomotion diagnostics that read a finished (or partly finished) AEPO run directory."""
