@@ -94,3 +94,23 @@ def frozen_view(module: nn.Module, tensors: Mapping[str, Tensor] | None = None) 
             submodule.register_buffer(name, value, persistent=False)
         submodule._non_persistent_buffers_set.update(submodule._buffers)
     return view
+
+
+LOSS_FUNCTIONS = ("l2", "l1", "smooth_l1")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_loss_options(
+    *, reduction: str, discount: float | None = None, loss_function: str | None = None
+) -> None:
+    """Validate the options the critic and diffusion/energy losses share.
+
+    Raises:
+        ValueError: naming the option, its value and what is allowed.
+    """
+    if discount is not None and not 0.0 <= discount <= 1.0:
+        raise ValueError(f"discount must be in [0, 1], got {discount}.")
+    if loss_function is not None and loss_function not in LOSS_FUNCTIONS:
+        raise ValueError(f"loss_function must be 'l2', 'l1' or 'smooth_l1', got {loss_function!r}.")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")

@@ -13,7 +13,7 @@ from torchrl.objectives import LossModule
 from torchrl.objectives.utils import _reduce
 
 from torchrl_aepo.diffusion.schedule import VPSchedule
-from torchrl_aepo.objectives.common import get_input, unwrap_module
+from torchrl_aepo.objectives.common import check_loss_options, get_input, unwrap_module
 
 __all__ = ["DiffusionLoss"]
 
@@ -83,8 +83,7 @@ class DiffusionLoss(LossModule):
         ema: bool = False,
     ) -> None:
         super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+        check_loss_options(reduction=reduction)
         self.convert_to_functional(
             unwrap_module(noise_network), "noise_network", create_target_params=ema
         )

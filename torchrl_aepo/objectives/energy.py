@@ -30,7 +30,7 @@ from torchrl.objectives.utils import _reduce
 
 from torchrl_aepo.autograd import value_and_input_gradient
 from torchrl_aepo.diffusion.schedule import VPSchedule
-from torchrl_aepo.objectives.common import frozen_view, get_input, unwrap_module
+from torchrl_aepo.objectives.common import check_loss_options, frozen_view, get_input, unwrap_module
 from torchrl_aepo.objectives.posterior import PosteriorStatistics
 
 __all__ = ["EnergyLossBase", "TargetRegressionEnergyLoss", "AnalyticEnergyLoss"]
@@ -91,8 +91,7 @@ class EnergyLossBase(LossModule):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+        check_loss_options(reduction=reduction)
         self.convert_to_functional(unwrap_module(energy_network), "energy_network")
         self.noise_network = frozen_view(noise_network)
         self.qvalue_network = frozen_view(qvalue_network)

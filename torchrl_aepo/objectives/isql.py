@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import _reduce, distance_loss
 
-from torchrl_aepo.objectives.common import frozen_view, get_input, unwrap_module
+from torchrl_aepo.objectives.common import check_loss_options, frozen_view, get_input, unwrap_module
 
 __all__ = ["SupportCriticLoss", "ISQLLoss"]
 
@@ -97,14 +97,7 @@ class SupportCriticLoss(LossModule):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if not 0.0 <= discount <= 1.0:
-            raise ValueError(f"discount must be in [0, 1], got {discount}.")
-        if loss_function not in ("l2", "l1", "smooth_l1"):
-            raise ValueError(
-                f"loss_function must be 'l2', 'l1' or 'smooth_l1', got {loss_function!r}."
-            )
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+        check_loss_options(discount=discount, loss_function=loss_function, reduction=reduction)
         self.convert_to_functional(
             unwrap_module(qvalue_network), "qvalue_network", create_target_params=True
         )
