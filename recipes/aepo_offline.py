@@ -153,9 +153,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """The hydra entry point; returns the sweep objective (for ``hydra-optuna-sweeper``): the
+    final policy's normalized score, mean over the ``eval.episodes`` evaluation episodes."""
     try:
-        run(cfg)
+        return utils.sweep_objective(run(cfg))
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -544,3 +544,98 @@ def jsonable(obj: Any) -> Any:
 def set_offline_defaults() -> None:
     """Fail fast instead of retrying without network (HF hub)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ------------------------------------------------------------------------ sweeps (multirun)
+#: Keys of results.json's ``config`` that do not define an experiment: runs that differ only in
+#: these (and in ``seed``) are seeds of the same experiment in :func:`summarize_runs`.
+_NOT_EXPERIMENT = ("seed", "run_dir", "resume", "progress_bar", "logger", "hydra", "threads")
+
+
+def find_results(paths) -> list[Path]:
+    """Every ``results.json`` under ``paths`` (run dirs or sweep dirs, searched recursively)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_file() and path.name == "results.json":
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(path.rglob("results.json")))
+        else:
+            raise RecipeError(f"{path}: neither a run/sweep directory nor a results.json.")
+    return found
+
+
+def aggregate_runs(paths) -> list[dict]:
+    """One row per finished run under ``paths`` (run dirs or multirun sweep dirs).
+
+    A row holds the task, seed, guidance, the final and behaviour normalized scores (mean over
+    the evaluation episodes), the run dir and an ``experiment`` key: the hash of the config
+    without the seed and the keys of :data:`_NOT_EXPERIMENT`, so that seeds of one experiment
+    share it. Runs without a results.json (unfinished) are not rows.
+
+    A small stand-in for the ablation issue's ``torchrl_aepo.report`` (merge into it then).
+    """
+    import json
+
+    from torchrl_aepo.trainer import config_hash
+
+    rows = []
+    for path in find_results(paths):
+        res = json.loads(path.read_text())
+        config = {k: v for k, v in res.get("config", {}).items() if k not in _NOT_EXPERIMENT}
+        config.get("data", {}).pop("root", None)
+        rows.append(
+            {
+                "task": res["task"],
+                "seed": res["seeds"]["train"],
+                "guidance": res["final"]["guidance"],
+                "final": res["final"]["normalized_mean"],
+                "behaviour": res["behaviour"]["normalized_mean"],
+                "episodes": len(res["final"]["returns"]),
+                "experiment": config_hash(config),
+                "run_dir": str(path.parent),
+            }
+        )
+    return rows
+
+
+def summarize_runs(rows: list[dict]) -> list[dict]:
+    """Rows of :func:`aggregate_runs` grouped by (task, experiment): mean ± std over seeds of
+    the final and behaviour scores (population std; ``n`` seeds)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["experiment"]), []).append(row)
+    out = []
+    for (task, experiment), members in sorted(groups.items()):
+        final = np.array([m["final"] for m in members], dtype=float)
+        behaviour = np.array([m["behaviour"] for m in members], dtype=float)
+        out.append(
+            {
+                "task": task,
+                "experiment": experiment,
+                "n": len(members),
+                "seeds": sorted(m["seed"] for m in members),
+                "final_mean": float(final.mean()),
+                "final_std": float(final.std()),
+                "behaviour_mean": float(behaviour.mean()),
+                "behaviour_std": float(behaviour.std()),
+            }
+        )
+    return out
+
+
+def write_json_summary(path: Path, obj: dict) -> Path:
+    """Write a sweep summary atomically."""
+    from torchrl_aepo.atomic import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_json_atomic(path, jsonable(obj))
+
+
+def sweep_objective(results: dict) -> float | None:
+    """What a hyperparameter sweeper maximises: ``results["final"]["normalized_mean"]``, the
+    final policy's normalized score averaged over the final *evaluation* episodes (so a search
+    on it selects on the evaluation episodes; report the selected setting with new seeds).
+    ``None`` when the run stopped before evaluating (``train.stop_after_stage``)."""
+    final = results.get("final")
+    return None if final is None else float(final["normalized_mean"])
