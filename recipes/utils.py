@@ -60,6 +60,8 @@ def eval_problems(eval_cfg: DictConfig) -> list[str]:
         out.append(f"eval.max_steps={max_steps!r}: must be a positive integer or null")
     if eval_cfg.get("exploration") not in ("random", "deterministic"):
         out.append(f"eval.exploration={eval_cfg.get('exploration')!r}: use random or deterministic")
+    if eval_cfg.get("backend", "sync") not in ("sync", "async"):
+        out.append(f"eval.backend={eval_cfg.get('backend')!r}: use sync or async")
     sweep = eval_cfg.get("guidance_sweep") or []
     if any(not isinstance(w, (int, float)) or w < 0 for w in sweep):
         out.append(f"eval.guidance_sweep={list(sweep)}: guidance degrees must be >= 0")
@@ -73,19 +75,27 @@ def compile_options(compile_cfg: DictConfig) -> dict[str, Any] | None:
     return {} if compile_cfg.mode is None else {"mode": str(compile_cfg.mode)}
 
 
-def setup_runtime(seed: int, threads: int | None, device: str) -> torch.device:
-    """Seed torch / numpy / random, set the thread count, resolve the device."""
+def setup_runtime(
+    seed: int, threads: int | None, device: str, distributed: bool = False
+) -> torch.device:
+    """Seed torch / numpy / random, set the thread count, resolve the device.
+
+    ``distributed`` (torchrun): every rank is seeded alike (same initial weights, same global
+    batches); a CUDA device becomes ``cuda:$LOCAL_RANK``.
+    """
     if threads is not None:
         torch.set_num_threads(int(threads))
     torch.manual_seed(int(seed))
     np.random.seed(int(seed) % 2**32)
     random.seed(int(seed))
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise RecipeError(f"device must be cpu, cuda, cuda:N or auto; got {device!r}.")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise RecipeError("device=cuda was requested but CUDA is not available; use device=cpu.")
+    if distributed and torch.device(device).type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(device)
 
 
@@ -226,6 +236,7 @@ def make_env(eval_cfg: DictConfig, metadata, num_envs: int, device: torch.device
             max_episode_steps=metadata.max_episode_steps,
             transforms=transforms,
             device=device,
+            backend=str(eval_cfg.get("backend", "sync")),
         )
     except RuntimeError as err:
         raise RecipeError(str(err)) from err
