@@ -34,18 +34,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from torchrl._utils import timeit
 
     from torchrl_aepo import aepo
+    from torchrl_aepo import distributed as dist
     from torchrl_aepo.evaluation import guidance_sweep, sweep_table
     from torchrl_aepo.trainer import CheckpointError, NonFiniteError, OfflineTrainer
 
     wall_start = time.perf_counter()
     timeit.erase()
 
-    # 1. compose: config check, run dir, runtime, task
+    # 1. compose: config check, run dir, runtime, task (under torchrun: one process group,
+    # rank 0's run dir; rank 0 alone evaluates and writes logs, checkpoints and results)
     model_cfg, aepo_cfg, train_cfg = utils.algorithm_config(cfg)
     compile_options = utils.compile_options(cfg.compile)
-    run_dir = utils.resolve_run_dir(cfg.run_dir, cfg.resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = utils.setup_runtime(cfg.seed, cfg.threads, cfg.device)
+    distributed = dist.init_from_env(str(cfg.device))
+    main = dist.is_main_process()
+    run_dir = dist.broadcast_object(utils.resolve_run_dir(cfg.run_dir, cfg.resume))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    device = utils.setup_runtime(cfg.seed, cfg.threads, cfg.device, distributed=distributed)
     task = utils.make_task(cfg.task)
     print(
         f"[aepo] task {task.name} ({task.backend}: {task.dataset_id}) | device {device} | "
@@ -54,16 +59,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # 2. data, and the eval env checked against it before any training
     t0 = time.perf_counter()
-    replay_buffer, metadata = utils.make_data(
-        cfg.data, task, cfg.task.get("eval_env_id"), device, int(cfg.seed)
-    )
+    with dist.main_process_first():  # rank 0 builds a missing dataset, the others read it
+        replay_buffer, metadata = utils.make_data(
+            cfg.data, task, cfg.task.get("eval_env_id"), device, int(cfg.seed)
+        )
     data_seconds = time.perf_counter() - t0
     dataset = replay_buffer[:]
     print(
         f"[aepo] dataset {task.dataset_id}: {len(replay_buffer)} transitions, obs "
         f"{metadata.obs_dim}, action {metadata.action_dim} ({data_seconds:.1f} s)"
     )
-    env = utils.make_env(cfg.eval, metadata, int(cfg.eval.num_envs), device)
+    env = utils.make_env(cfg.eval, metadata, int(cfg.eval.num_envs), device) if main else None
 
     # 3. the algorithm: networks, losses, training plan, actor
     nets = aepo.build_networks(model_cfg, metadata.obs_dim, metadata.action_dim, device)
@@ -79,7 +85,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
 
     # 4. train (with optional evaluations during the last stage)
-    logger = utils.make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    logger = (
+        utils.make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+        if main
+        else None
+    )
     trainer = OfflineTrainer(
         plan.stages,
         replay_buffer,
@@ -92,9 +102,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         stop_after_stage=train_cfg.stop_after_stage,
         resume=cfg.resume is not False and cfg.resume != "false",
         generators={"gamma": plan.gamma_generator},
+        distributed=distributed,
     )
     chosen = aepo_cfg.guidance
-    if train_cfg.eval_interval > 0:
+    if train_cfg.eval_interval > 0 and main:
         during_kwargs = utils.eval_kwargs(cfg.eval, metadata, train_cfg.eval_episodes)
 
         def evaluate(stage: str, step: int) -> None:
@@ -108,8 +119,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary = trainer.train()
     except (CheckpointError, NonFiniteError) as err:
         raise RecipeError(str(err)) from err
+    if not main:  # the other ranks only train
+        return {"rank": dist.rank(), "train": summary, "run_dir": str(run_dir)}
     if summary["stopped_after"] is not None:
         utils.close_logger(logger)
+        env.close()
         print(
             f"[aepo] stopped after stage '{summary['stopped_after']}' (train.stop_after_stage); "
             f"re-run with run_dir={run_dir} to resume."
@@ -142,12 +156,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results["timings"].update(
         data_seconds=round(data_seconds, 3), eval_seconds=round(eval_seconds, 3)
     )
+    if distributed:
+        results["distributed"] = {"world_size": dist.world_size(), "backend": "torchrun"}
     results["plots"] = utils.write_plots(
         run_dir, trainer.history, results, title=f"{task.name} (seed {cfg.seed})"
     )
     results["timings"]["total_seconds"] = round(time.perf_counter() - wall_start, 3)
     utils.write_results(run_dir / "results.json", results)
     utils.close_logger(logger)
+    env.close()  # the subprocesses of eval.backend=async
     utils.print_report(results, sweep_table(sweep, chosen))
     return results
 
