@@ -62,6 +62,11 @@ def eval_problems(eval_cfg: DictConfig) -> list[str]:
         out.append(f"eval.exploration={eval_cfg.get('exploration')!r}: use random or deterministic")
     if eval_cfg.get("backend", "sync") not in ("sync", "async"):
         out.append(f"eval.backend={eval_cfg.get('backend')!r}: use sync or async")
+    if eval_cfg.get("async_context", "fork") not in ("fork", "spawn", "forkserver", None):
+        out.append(
+            f"eval.async_context={eval_cfg.get('async_context')!r}: use fork, spawn, "
+            "forkserver or null"
+        )
     sweep = eval_cfg.get("guidance_sweep") or []
     if any(not isinstance(w, (int, float)) or w < 0 for w in sweep):
         out.append(f"eval.guidance_sweep={list(sweep)}: guidance degrees must be >= 0")
@@ -237,6 +242,7 @@ def make_env(eval_cfg: DictConfig, metadata, num_envs: int, device: torch.device
             transforms=transforms,
             device=device,
             backend=str(eval_cfg.get("backend", "sync")),
+            async_context=eval_cfg.get("async_context", "fork"),
         )
     except RuntimeError as err:
         raise RecipeError(str(err)) from err

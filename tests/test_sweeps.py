@@ -171,3 +171,14 @@ def test_optuna_search_maximises_the_final_normalized_score(data_root, tmp_path)
 def test_submitit_slurm_launcher_composes(tmp_path):
     proc = _recipe("hydra/launcher=submitit_slurm", "--cfg", "hydra", "-p", "hydra.launcher")
     assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in proc.stdout
+
+
+def test_eval_backend_is_checked_before_any_work():
+    from omegaconf import OmegaConf
+
+    base = {"episodes": 2, "num_envs": 2, "max_steps": None, "exploration": "random",
+            "guidance_sweep": [0.0], "seed": 0}  # fmt: skip
+    assert recipe_utils.eval_problems(OmegaConf.create({**base, "backend": "async"})) == []
+    assert recipe_utils.eval_problems(OmegaConf.create(base)) == []  # older configs: sync
+    problems = recipe_utils.eval_problems(OmegaConf.create({**base, "backend": "threads"}))
+    assert problems == ["eval.backend='threads': use sync or async"]
