@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--async-context", default="fork", help="fork | spawn | forkserver")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for n in args.workers:
         envs = {
-            b: make_eval_env("Pendulum-v1", n, max_episode_steps=200, backend=b)
+            b: make_eval_env(
+                "Pendulum-v1", n, max_episode_steps=200, backend=b, async_context=args.async_context
+            )
             for b in ("sync", "async")
         }
         try:
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             "torch": torch.__version__,
             "device": "cpu (no GPU in this session)",
         },
+        "async_context": args.async_context,
         "episodes": args.episodes,
         "max_steps": args.max_steps,
         "rows": rows,
