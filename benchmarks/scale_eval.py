@@ -43,6 +43,29 @@ def _actor():
     return aepo.build_actor(nets, losses, aepo_cfg, action_low=-2.0, action_high=2.0), cfg
 
 
+def _startup(n: int) -> dict:
+    """Seconds to create (and reset) and to close ``n`` async Pendulum workers per start method
+    (``spawn`` / ``forkserver`` workers re-import this script's modules: torch, torchrl)."""
+    from torchrl_aepo.evaluation import make_eval_env
+
+    out = {}
+    for context in ("fork", "forkserver", "spawn"):
+        t0 = time.perf_counter()
+        env = make_eval_env("Pendulum-v1", n, max_episode_steps=200, backend="async",
+                            async_context=context)  # fmt: skip
+        env.reset()
+        t1 = time.perf_counter()
+        env.close()
+        out[context] = {
+            "create_s": round(t1 - t0, 2),
+            "close_s": round(time.perf_counter() - t1, 2),
+        }
+        print(
+            f"{n} async workers, {context:10s}: create {t1 - t0:6.2f} s, close {out[context]['close_s']:6.2f} s"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     from tensordict.nn import TensorDictModule
     from torch import nn
@@ -56,8 +79,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--async-context", default="fork", help="fork | spawn | forkserver")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--startup",
+        action="store_true",
+        help="only time creating and closing 10 async workers per start method",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.startup:
+        return _startup(max(args.workers))
     actor, cfg = _actor()
 
     class Zero(nn.Module):
