@@ -104,9 +104,9 @@ def make_eval_env(
             ``if __name__ == "__main__":`` guard). Same seeds give the same episodes with both.
             Close the env (``env.close()``) to stop the subprocesses.
         async_context: multiprocessing start method of the ``async`` subprocesses: ``"fork"``
-            (default; 0.2 s to start 10 Pendulum workers here), ``"spawn"`` / ``"forkserver"``
-            (every worker re-imports the main script, i.e. torch and torchrl: 44 s to start
-            and 15 s to close 10 workers on this loaded 2-core machine, measured), or
+            (default; 0.4 s to start 10 Pendulum workers here), ``"spawn"`` / ``"forkserver"``
+            (every worker re-imports the main script, i.e. torch and torchrl: 18-45 s to start
+            10 workers on this loaded 2-core machine, measured), or
             ``None`` for the multiprocessing default (``spawn`` once torchrl is imported). The
             workers only run gymnasium (numpy) code, never torch or CUDA.
 
