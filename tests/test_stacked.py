@@ -120,3 +120,53 @@ def test_stacked_critic_stage_checkpoints_and_resumes_exactly(tmp_path):
         assert torch.equal(a, b)
     for a, b in zip(full.generators, resumed.generators, strict=True):
         assert torch.equal(a.get_state(), b.get_state())
+
+
+def test_member_k_of_a_stacked_diffusion_matches_a_single_seed_run():
+    from torchrl_aepo.objectives import DiffusionLoss
+    from torchrl_aepo.stacked import StackedDiffusion
+
+    n, k, steps, lr = 3, 1, 4, 1e-2
+    torch.manual_seed(0)
+    nets = [MLPNoisePredictor(ACT, OBS, num_cells=(16, 16)) for _ in range(n)]
+    single_net = copy.deepcopy(nets[k])
+    stacked = StackedDiffusion(nets, lr=lr, steps=steps, ema_decay=0.9, adam="loop")
+    loss = DiffusionLoss(single_net, ema=True)
+    ema = SoftUpdate(loss, tau=0.1)
+    optim = adam_step(loss, lr, steps, adam="loop")
+    data = _dataset()
+    for _ in range(steps):
+        batch = stacked.draw(data, 32)  # [n, 32] with each member's times and noise
+        per_member = stacked.update(batch)
+        out = loss(batch[k])  # the same transitions, times and noise as member k
+        optim(out["loss_diffusion"])
+        ema.step()
+        torch.testing.assert_close(per_member["loss_diffusion"][k], out["loss_diffusion"].detach())
+    member = stacked.noise.member(k)
+    for (key, p), (_, m) in zip(
+        single_net.named_parameters(), member.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(m, p, rtol=1e-5, atol=1e-6, msg=key)
+    targets = stacked.loss.target_noise_network_params.flatten_keys(".")
+    for key, value in loss.target_noise_network_params.flatten_keys(".").items():
+        torch.testing.assert_close(targets[key.replace(".", "__")][k], value, rtol=1e-5, atol=1e-6)
+    # members draw different batches and noise
+    first = stacked.draw(data, 8)
+    assert not torch.equal(first["diffusion_noise"][0], first["diffusion_noise"][1])
+
+
+def test_given_time_and_noise_leave_the_default_diffusion_loss_unchanged():
+    from torchrl_aepo.objectives import DiffusionLoss
+
+    torch.manual_seed(0)
+    loss = DiffusionLoss(MLPNoisePredictor(ACT, OBS, num_cells=(8,)))
+    batch = _dataset()[:16]
+    torch.manual_seed(5)
+    drawn = loss(batch)["loss_diffusion"]
+    torch.manual_seed(5)  # the same draws, given explicitly
+    time = loss.schedule.sample_time((16, 1))
+    noise = torch.randn(16, ACT)
+    given = batch.clone()
+    given.set("diffusion_time", time)
+    given.set("diffusion_noise", noise)
+    torch.testing.assert_close(loss(given)["loss_diffusion"], drawn)

@@ -15,9 +15,13 @@ own data order (its own ``torch.Generator`` over the dataset). Its :meth:`Stacke
 is a :class:`~torchrl_aepo.trainer.Stage` for :class:`~torchrl_aepo.trainer.OfflineTrainer`
 (checkpoints hold the stacked weights, the Adam state and every member's generator).
 
-Scope (issue 16, item 4): only the critic stage is stacked here; ``train.num_seeds`` is not a
-recipe option yet (the diffusion and energy stages draw noise from the global RNG and need
-per-member generators, and the actor/evaluation per member are not written).
+:class:`StackedDiffusion` is the behaviour stage (``DiffusionLoss``, Eq. 7, with its EMA) of
+``N`` seeds: each member's generator draws its batch, diffusion times and noise, given to the
+loss as inputs.
+
+Scope (issue 16, item 4): the critic and diffusion stages are stacked; ``train.num_seeds`` is not
+a recipe option yet (missing: the stacked Gamma table and energy stage, one actor and one
+evaluation per member, per-seed scores in results.json).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from torchrl.objectives import SoftUpdate
 
 from torchrl_aepo.trainer import GeneratorState, OptimizerStep, Stage, adam_step
 
-__all__ = ["StackedModule", "StackedCritic", "sample_stacked"]
+__all__ = ["StackedModule", "StackedCritic", "StackedDiffusion", "sample_stacked"]
 
 
 class StackedModule(nn.Module):
@@ -192,3 +196,89 @@ class StackedCritic:
             return state
 
         return Stage("critic", int(total_steps), step, stateful, batch_size=None)
+
+
+class StackedDiffusion:
+    """The behaviour (diffusion, Eq. 7) stage of ``N`` seeds at once (stacked noise networks).
+
+    One :class:`~torchrl_aepo.DiffusionLoss` with ``reduction="none"`` on a
+    :class:`StackedModule` of the ``N`` noise networks, with its EMA (``SoftUpdate``, elementwise:
+    independent per member) and one Adam. Each member has its own generator, which draws its
+    batch indices, diffusion times and noise (given to the loss as ``diffusion_time`` /
+    ``diffusion_noise``), so member ``k`` sees exactly what a single-seed run with that generator
+    would feed the same loss.
+
+    Args:
+        noise_networks: the ``N`` noise predictors (member ``k``'s initial weights).
+        lr / steps / adam / lr_schedule: as in :func:`~torchrl_aepo.trainer.adam_step`.
+        ema_decay: EMA decay of the sampling weights, or ``None``.
+        seeds: the members' generator seeds (default ``0..N-1``).
+        schedule: the noise schedule (default ``VPSchedule()``).
+    """
+
+    def __init__(
+        self,
+        noise_networks: Sequence[nn.Module],
+        *,
+        lr: float = 1e-4,
+        steps: int = 1,
+        ema_decay: float | None = 0.999,
+        adam: str = "fused",
+        lr_schedule: str = "constant",
+        seeds: Sequence[int] | None = None,
+        schedule: Any = None,
+    ) -> None:
+        from torchrl_aepo.objectives import DiffusionLoss
+
+        self.num_members = len(noise_networks)
+        seeds = list(range(self.num_members)) if seeds is None else list(seeds)
+        if len(seeds) != self.num_members:
+            raise ValueError(f"{len(seeds)} seeds for {self.num_members} members.")
+        self.noise = StackedModule(noise_networks)
+        self.loss = DiffusionLoss(
+            self.noise, schedule=schedule, ema=ema_decay is not None, reduction="none"
+        )
+        self.ema = None if ema_decay is None else SoftUpdate(self.loss, tau=1.0 - ema_decay)
+        self.optim: OptimizerStep = adam_step(
+            self.loss, lr, steps, adam=adam, lr_schedule=lr_schedule,
+            name="loss_diffusion (stacked)",
+        )  # fmt: skip
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def draw(self, dataset: TensorDictBase, batch_size: int) -> TensorDictBase:
+        """``[N, batch_size]`` transitions with each member's times and noise, all drawn with
+        the member's generator (indices, then times, then noise)."""
+        n, rows = dataset.shape[0], []
+        action_dim = dataset["action"].shape[-1]
+        for g in self.generators:
+            index = torch.randint(n, (batch_size,), generator=g)
+            time = self.loss.schedule.sample_time((batch_size, 1), generator=g)
+            noise = torch.randn(batch_size, action_dim, generator=g)
+            row = dataset[index.to(dataset.device)].clone(False)
+            row.set(self.loss.tensor_keys.time, time.to(dataset.device))
+            row.set(self.loss.tensor_keys.noise, noise.to(dataset.device))
+            rows.append(row)
+        return torch.stack(rows)
+
+    def update(self, batch: TensorDictBase) -> dict[str, Tensor]:
+        """One Adam (+ EMA) step of every member on ``batch`` (``[N, B]``); losses ``[N]``."""
+        per_sample = self.loss(batch)["loss_diffusion"]
+        per_member = per_sample.reshape(self.num_members, -1).mean(-1)
+        self.optim(per_member.sum())
+        if self.ema is not None:
+            self.ema.step()
+        return {"loss_diffusion": per_member.detach()}
+
+    def stage(self, dataset: TensorDictBase, total_steps: int, batch_size: int) -> Stage:
+        """A trainer stage (named ``"diffusion"``) drawing with the members' generators."""
+
+        def step(_batch: None, _step: int) -> Mapping[str, Tensor]:
+            return {k: v.mean() for k, v in self.update(self.draw(dataset, batch_size)).items()}
+
+        def stateful() -> dict[str, Any]:
+            state: dict[str, Any] = {"loss": self.loss, "optim": self.optim}
+            for k, g in enumerate(self.generators):
+                state[f"rng_member{k}"] = GeneratorState(g)
+            return state
+
+        return Stage("diffusion", int(total_steps), step, stateful, batch_size=None)
