@@ -85,9 +85,16 @@ def test_member_k_of_a_stacked_critic_matches_a_single_seed_run():
     assert not torch.allclose(stacked.qvalue.member(0).weights[0], single_q.weights[0])
 
 
-def _train(tmp_path, kill_at=None, steps=6):
-    qs, vs = _members(3)
-    critic = StackedCritic(qs, vs, lr=1e-2, steps=steps, adam="loop", seeds=[10, 11, 12])
+def _train(tmp_path, kill_at=None, steps=6, stage="critic"):
+    from torchrl_aepo.stacked import StackedDiffusion
+
+    if stage == "critic":
+        qs, vs = _members(3)
+        critic = StackedCritic(qs, vs, lr=1e-2, steps=steps, adam="loop", seeds=[10, 11, 12])
+    else:
+        torch.manual_seed(0)
+        nets = [MLPNoisePredictor(ACT, OBS, num_cells=(8, 8)) for _ in range(3)]
+        critic = StackedDiffusion(nets, lr=1e-2, steps=steps, adam="loop", ema_decay=0.9)
     trainer = OfflineTrainer(
         [critic.stage(_dataset(), steps, 16)],
         None,
@@ -111,12 +118,15 @@ def _train(tmp_path, kill_at=None, steps=6):
     return critic
 
 
-def test_stacked_critic_stage_checkpoints_and_resumes_exactly(tmp_path):
-    full = _train(tmp_path / "full")
-    assert (tmp_path / "full" / "checkpoints" / "critic.pt").exists()
-    _train(tmp_path / "killed", kill_at=3)
-    resumed = _train(tmp_path / "killed")  # resumes from step 2
+@pytest.mark.parametrize("stage", ["critic", "diffusion"])
+def test_stacked_stage_checkpoints_and_resumes_exactly(tmp_path, stage):
+    full = _train(tmp_path / "full", stage=stage)
+    assert (tmp_path / "full" / "checkpoints" / f"{stage}.pt").exists()
+    _train(tmp_path / "killed", kill_at=3, stage=stage)
+    resumed = _train(tmp_path / "killed", stage=stage)  # resumes from step 2
     for a, b in zip(full.loss.parameters(), resumed.loss.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(full.loss.buffers(), resumed.loss.buffers(), strict=True):  # EMA / targets
         assert torch.equal(a, b)
     for a, b in zip(full.generators, resumed.generators, strict=True):
         assert torch.equal(a.get_state(), b.get_state())
