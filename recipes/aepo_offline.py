@@ -13,7 +13,6 @@ hydra's compose API) call.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -35,18 +34,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from torchrl._utils import timeit
 
     from torchrl_aepo import aepo
+    from torchrl_aepo import distributed as dist
     from torchrl_aepo.evaluation import guidance_sweep, sweep_table
     from torchrl_aepo.trainer import CheckpointError, NonFiniteError, OfflineTrainer
 
     wall_start = time.perf_counter()
     timeit.erase()
 
-    # 1. compose: config check, run dir, runtime, task
+    # 1. compose: config check, run dir, runtime, task (under torchrun: one process group,
+    # rank 0's run dir; rank 0 alone evaluates and writes logs, checkpoints and results)
     model_cfg, aepo_cfg, train_cfg = utils.algorithm_config(cfg)
     compile_options = utils.compile_options(cfg.compile)
-    run_dir = utils.resolve_run_dir(cfg.run_dir, cfg.resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = utils.setup_runtime(cfg.seed, cfg.threads, cfg.device)
+    distributed = dist.init_from_env(str(cfg.device))
+    main = dist.is_main_process()
+    run_dir = dist.broadcast_object(utils.resolve_run_dir(cfg.run_dir, cfg.resume))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    device = utils.setup_runtime(cfg.seed, cfg.threads, cfg.device, distributed=distributed)
     task = utils.make_task(cfg.task)
     print(
         f"[aepo] task {task.name} ({task.backend}: {task.dataset_id}) | device {device} | "
@@ -55,16 +59,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # 2. data, and the eval env checked against it before any training
     t0 = time.perf_counter()
-    replay_buffer, metadata = utils.make_data(
-        cfg.data, task, cfg.task.get("eval_env_id"), device, int(cfg.seed)
-    )
+    with dist.main_process_first():  # rank 0 builds a missing dataset, the others read it
+        replay_buffer, metadata = utils.make_data(
+            cfg.data, task, cfg.task.get("eval_env_id"), device, int(cfg.seed)
+        )
     data_seconds = time.perf_counter() - t0
     dataset = replay_buffer[:]
     print(
         f"[aepo] dataset {task.dataset_id}: {len(replay_buffer)} transitions, obs "
         f"{metadata.obs_dim}, action {metadata.action_dim} ({data_seconds:.1f} s)"
     )
-    env = utils.make_env(cfg.eval, metadata, int(cfg.eval.num_envs), device)
+    env = utils.make_env(cfg.eval, metadata, int(cfg.eval.num_envs), device) if main else None
 
     # 3. the algorithm: networks, losses, training plan, actor
     nets = aepo.build_networks(model_cfg, metadata.obs_dim, metadata.action_dim, device)
@@ -82,9 +87,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # 4. train (with optional evaluations during the last stage), or restore a finished run
     eval_only = bool(cfg.eval_only)
     logger = (
-        None
-        if eval_only
-        else utils.make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+        utils.make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+        if main and not eval_only
+        else None
     )
     trainer = OfflineTrainer(
         plan.stages,
@@ -99,6 +104,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         stop_after_stage=train_cfg.stop_after_stage,
         resume=cfg.resume is not False and cfg.resume != "false",
         generators={"gamma": plan.gamma_generator},
+        distributed=distributed,
     )
     if cfg.init_from is not None and not eval_only:  # reuse the finished stages of another run
         try:
@@ -107,7 +113,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise RecipeError(str(err)) from err
         print(f"[aepo] init_from={cfg.init_from}: reusing the trained stages {imported or 'none'}")
     chosen = aepo_cfg.guidance
-    if train_cfg.eval_interval > 0 and not eval_only:
+    if train_cfg.eval_interval > 0 and main and not eval_only:
         during_kwargs = utils.eval_kwargs(cfg.eval, metadata, train_cfg.eval_episodes)
 
         def evaluate(stage: str, step: int) -> None:
@@ -121,8 +127,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary = trainer.restore() if eval_only else trainer.train()
     except (CheckpointError, NonFiniteError) as err:
         raise RecipeError(str(err)) from err
+    if not main:  # the other ranks only train
+        return {"rank": dist.rank(), "train": summary, "run_dir": str(run_dir)}
     if summary["stopped_after"] is not None:
         utils.close_logger(logger)
+        env.close()
         print(
             f"[aepo] stopped after stage '{summary['stopped_after']}' (train.stop_after_stage); "
             f"re-run with run_dir={run_dir} to resume."
@@ -142,17 +151,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         sweep = guidance_sweep(
             actor, env, sweep_ws, **utils.eval_kwargs(cfg.eval, metadata, int(cfg.eval.episodes))
         )
-        deployed = None  # the policy a user should deploy: K candidates, picked by the critic
-        if cfg.deploy.num_candidates is not None:
-            deploy_cfg = dataclasses.replace(
-                aepo_cfg, num_candidates=int(cfg.deploy.num_candidates),
-                selection=str(cfg.deploy.selection),
-            )  # fmt: skip
-            deployed = guidance_sweep(
-                aepo.build_actor(nets, losses, deploy_cfg, action_low=low, action_high=high,
-                                 deterministic_seed=int(cfg.eval.seed), compile=compile_options),
-                env, [chosen], **utils.eval_kwargs(cfg.eval, metadata, int(cfg.eval.episodes)),
-            )[0]  # fmt: skip
+        deployed = utils.evaluate_deployed(
+            cfg, nets, losses, aepo_cfg, (low, high), env, metadata, chosen, compile_options
+        )
     eval_seconds = time.perf_counter() - t0
     if logger is not None:
         for r in sweep:
@@ -171,20 +172,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         support_actions=plan.support_stats or None,
     )
     name = utils.evaluation_name(cfg) if eval_only else ""  # "" | ".eval-<hash of the settings>"
+    if distributed:
+        results["distributed"] = {"world_size": dist.world_size(), "backend": "torchrun"}
     results["plots"] = utils.write_plots(
         run_dir, trainer.history, results, title=f"{task.name} (seed {cfg.seed})", suffix=name
     )
     results["timings"]["total_seconds"] = round(time.perf_counter() - wall_start, 3)
     utils.write_results(run_dir / f"results{name}.json", results)
     utils.close_logger(logger)
+    env.close()  # the subprocesses of eval.backend=async
     utils.print_report(results, sweep_table(sweep, chosen))
     return results
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """The hydra entry point; returns the sweep objective (for ``hydra-optuna-sweeper``): the
+    final policy's normalized score, mean over the ``eval.episodes`` evaluation episodes."""
     try:
-        run(cfg)
+        return utils.sweep_objective(run(cfg))
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -60,6 +60,13 @@ def eval_problems(eval_cfg: DictConfig) -> list[str]:
         out.append(f"eval.max_steps={max_steps!r}: must be a positive integer or null")
     if eval_cfg.get("exploration") not in ("random", "deterministic"):
         out.append(f"eval.exploration={eval_cfg.get('exploration')!r}: use random or deterministic")
+    if eval_cfg.get("backend", "sync") not in ("sync", "async"):
+        out.append(f"eval.backend={eval_cfg.get('backend')!r}: use sync or async")
+    if eval_cfg.get("async_context", "fork") not in ("fork", "spawn", "forkserver", None):
+        out.append(
+            f"eval.async_context={eval_cfg.get('async_context')!r}: use fork, spawn, "
+            "forkserver or null"
+        )
     sweep = eval_cfg.get("guidance_sweep") or []
     if any(not isinstance(w, (int, float)) or w < 0 for w in sweep):
         out.append(f"eval.guidance_sweep={list(sweep)}: guidance degrees must be >= 0")
@@ -86,19 +93,27 @@ def compile_options(compile_cfg: DictConfig) -> dict[str, Any] | None:
     return {} if compile_cfg.mode is None else {"mode": str(compile_cfg.mode)}
 
 
-def setup_runtime(seed: int, threads: int | None, device: str) -> torch.device:
-    """Seed torch / numpy / random, set the thread count, resolve the device."""
+def setup_runtime(
+    seed: int, threads: int | None, device: str, distributed: bool = False
+) -> torch.device:
+    """Seed torch / numpy / random, set the thread count, resolve the device.
+
+    ``distributed`` (torchrun): every rank is seeded alike (same initial weights, same global
+    batches); a CUDA device becomes ``cuda:$LOCAL_RANK``.
+    """
     if threads is not None:
         torch.set_num_threads(int(threads))
     torch.manual_seed(int(seed))
     np.random.seed(int(seed) % 2**32)
     random.seed(int(seed))
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise RecipeError(f"device must be cpu, cuda, cuda:N or auto; got {device!r}.")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise RecipeError("device=cuda was requested but CUDA is not available; use device=cpu.")
+    if distributed and torch.device(device).type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(device)
 
 
@@ -252,6 +267,8 @@ def make_env(eval_cfg: DictConfig, metadata, num_envs: int, device: torch.device
             max_episode_steps=metadata.max_episode_steps,
             transforms=transforms,
             device=device,
+            backend=str(eval_cfg.get("backend", "sync")),
+            async_context=eval_cfg.get("async_context", "fork"),
         )
     except RuntimeError as err:
         raise RecipeError(str(err)) from err
@@ -283,6 +300,33 @@ def check_env_matches_data(env, metadata) -> None:
             f"{metadata.dataset_id!r}: {'; '.join(problems)}. Set task.eval_env_id to the env the "
             "data was collected on."
         )
+
+
+def evaluate_deployed(cfg, nets, losses, aepo_cfg, box, env, metadata, guidance, compile_options):
+    """The deployed policy (``deploy.num_candidates`` guided candidates per state, one picked
+    by the target critic with ``deploy.selection``) evaluated at ``guidance``, or ``None``
+    when ``deploy.num_candidates`` is null."""
+    from torchrl_aepo import aepo
+    from torchrl_aepo.evaluation import guidance_sweep
+
+    if cfg.deploy.num_candidates is None:
+        return None
+    deploy_cfg = dataclasses.replace(
+        aepo_cfg,
+        num_candidates=int(cfg.deploy.num_candidates),
+        selection=str(cfg.deploy.selection),
+    )
+    actor = aepo.build_actor(
+        nets,
+        losses,
+        deploy_cfg,
+        action_low=box[0],
+        action_high=box[1],
+        deterministic_seed=int(cfg.eval.seed),
+        compile=compile_options,
+    )
+    kwargs = eval_kwargs(cfg.eval, metadata, int(cfg.eval.episodes))
+    return guidance_sweep(actor, env, [guidance], **kwargs)[0]
 
 
 def eval_kwargs(eval_cfg: DictConfig, metadata, episodes: int) -> dict:
@@ -596,3 +640,98 @@ def jsonable(obj: Any) -> Any:
 def set_offline_defaults() -> None:
     """Fail fast instead of retrying without network (HF hub)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ------------------------------------------------------------------------ sweeps (multirun)
+#: Keys of results.json's ``config`` that do not define an experiment: runs that differ only in
+#: these (and in ``seed``) are seeds of the same experiment in :func:`summarize_runs`.
+_NOT_EXPERIMENT = ("seed", "run_dir", "resume", "progress_bar", "logger", "hydra", "threads")
+
+
+def find_results(paths) -> list[Path]:
+    """Every ``results.json`` under ``paths`` (run dirs or sweep dirs, searched recursively)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_file() and path.name == "results.json":
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(path.rglob("results.json")))
+        else:
+            raise RecipeError(f"{path}: neither a run/sweep directory nor a results.json.")
+    return found
+
+
+def aggregate_runs(paths) -> list[dict]:
+    """One row per finished run under ``paths`` (run dirs or multirun sweep dirs).
+
+    A row holds the task, seed, guidance, the final and behaviour normalized scores (mean over
+    the evaluation episodes), the run dir and an ``experiment`` key: the hash of the config
+    without the seed and the keys of :data:`_NOT_EXPERIMENT`, so that seeds of one experiment
+    share it. Runs without a results.json (unfinished) are not rows.
+
+    A small stand-in for the ablation issue's ``torchrl_aepo.report`` (merge into it then).
+    """
+    import json
+
+    from torchrl_aepo.trainer import config_hash
+
+    rows = []
+    for path in find_results(paths):
+        res = json.loads(path.read_text())
+        config = {k: v for k, v in res.get("config", {}).items() if k not in _NOT_EXPERIMENT}
+        config.get("data", {}).pop("root", None)
+        rows.append(
+            {
+                "task": res["task"],
+                "seed": res["seeds"]["train"],
+                "guidance": res["final"]["guidance"],
+                "final": res["final"]["normalized_mean"],
+                "behaviour": res["behaviour"]["normalized_mean"],
+                "episodes": len(res["final"]["returns"]),
+                "experiment": config_hash(config),
+                "run_dir": str(path.parent),
+            }
+        )
+    return rows
+
+
+def summarize_runs(rows: list[dict]) -> list[dict]:
+    """Rows of :func:`aggregate_runs` grouped by (task, experiment): mean ± std over seeds of
+    the final and behaviour scores (population std; ``n`` seeds)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["experiment"]), []).append(row)
+    out = []
+    for (task, experiment), members in sorted(groups.items()):
+        final = np.array([m["final"] for m in members], dtype=float)
+        behaviour = np.array([m["behaviour"] for m in members], dtype=float)
+        out.append(
+            {
+                "task": task,
+                "experiment": experiment,
+                "n": len(members),
+                "seeds": sorted(m["seed"] for m in members),
+                "final_mean": float(final.mean()),
+                "final_std": float(final.std()),
+                "behaviour_mean": float(behaviour.mean()),
+                "behaviour_std": float(behaviour.std()),
+            }
+        )
+    return out
+
+
+def write_json_summary(path: Path, obj: dict) -> Path:
+    """Write a sweep summary atomically."""
+    from torchrl_aepo.atomic import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_json_atomic(path, jsonable(obj))
+
+
+def sweep_objective(results: dict) -> float | None:
+    """What a hyperparameter sweeper maximises: ``results["final"]["normalized_mean"]``, the
+    final policy's normalized score averaged over the final *evaluation* episodes (so a search
+    on it selects on the evaluation episodes; report the selected setting with new seeds).
+    ``None`` when the run stopped before evaluating (``train.stop_after_stage``)."""
+    final = results.get("final")
+    return None if final is None else float(final["normalized_mean"])

@@ -55,6 +55,31 @@ def test_episodes_seeds_and_reproducibility(env):
     torch.testing.assert_close(torch.rand(3), expected)
 
 
+class _Feedback(nn.Module):
+    """Actions that depend on the observation and on the global RNG."""
+
+    def forward(self, observation):
+        noise = torch.rand(*observation.shape[:-1], 1) - 0.5
+        return (2 * torch.tanh(-observation[..., 2:3] - observation[..., :1]) + noise).clamp(-2, 2)
+
+
+def test_async_backend_gives_the_same_episodes_as_sync(env):
+    policy = TensorDictModule(_Feedback(), in_keys=["observation"], out_keys=["action"])
+    sync = evaluate_policy(policy, env, episodes=4, max_steps=30, seed=3)
+    async_env = make_eval_env("Pendulum-v1", 3, max_episode_steps=30, backend="async")
+    try:
+        assert type(async_env.base_env._env).__name__ == "AsyncVectorEnv"
+        result = evaluate_policy(policy, async_env, episodes=4, max_steps=30, seed=3)
+    finally:
+        async_env.close()
+    assert result.seeds == sync.seeds == [3, 4, 5, 6]
+    assert len(set(sync.returns)) == 4
+    np.testing.assert_allclose(result.returns, sync.returns, rtol=1e-6)
+    assert result.episode_lengths == sync.episode_lengths
+    with pytest.raises(ValueError, match="backend"):
+        make_eval_env("Pendulum-v1", 2, backend="threads")
+
+
 def test_normalization_and_summary(env):
     result = evaluate_policy(
         _policy(), env, episodes=3, max_steps=30, seed=0, normalize=lambda r: np.asarray(r) / 10

@@ -28,7 +28,10 @@ import torch
 from torchrl.envs import Compose, DoubleToFloat, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-__all__ = ["EvalResult", "make_eval_env", "evaluate_policy", "guidance_sweep"]
+__all__ = ["EVAL_BACKENDS", "EvalResult", "make_eval_env", "evaluate_policy", "guidance_sweep"]
+
+#: ``make_eval_env(backend=...)``: gymnasium ``SyncVectorEnv`` or ``AsyncVectorEnv``.
+EVAL_BACKENDS = ("sync", "async")
 
 
 @dataclass
@@ -78,8 +81,13 @@ def make_eval_env(
     max_episode_steps: int | None = None,
     transforms: Sequence[Any] = (),
     device: torch.device | str = "cpu",
+    backend: str = "sync",
+    async_context: str | None = "fork",
 ) -> TransformedEnv:
     """``num_envs`` copies of a gymnasium env stepped together, as a TorchRL env.
+
+    The gymnasium envs always step on the CPU (numpy); ``device`` is where TorchRL puts the
+    tensors, i.e. the policy's (training) device, as TorchRL's GPU collectors do.
 
     Args:
         env_id: gymnasium id (``"Pendulum-v1"``, ``"Hopper-v4"``, ...).
@@ -89,7 +97,18 @@ def make_eval_env(
         transforms: extra TorchRL transforms appended after ``DoubleToFloat``, e.g. the
             dataset's ``ObservationNorm`` or an ``ActionScaling`` that exposes a ``[-1, 1]``
             action box to the policy.
-        device: device of the env's tensors.
+        device: device of the env's tensors (the policy's device; ``cuda`` when training there).
+        backend: ``"sync"``: gymnasium ``SyncVectorEnv``, all envs in this process (the
+            default; fastest on 2 cores, ``stack-notes.md`` §2); ``"async"``: gymnasium
+            ``AsyncVectorEnv``, one subprocess per env (``spawn``: the calling script needs an
+            ``if __name__ == "__main__":`` guard). Same seeds give the same episodes with both.
+            Close the env (``env.close()``) to stop the subprocesses.
+        async_context: multiprocessing start method of the ``async`` subprocesses: ``"fork"``
+            (default; 0.4 s to start 10 Pendulum workers here), ``"spawn"`` / ``"forkserver"``
+            (every worker re-imports the main script, i.e. torch and torchrl: 18-45 s to start
+            10 workers on this loaded 2-core machine, measured), or
+            ``None`` for the multiprocessing default (``spawn`` once torchrl is imported). The
+            workers only run gymnasium (numpy) code, never torch or CUDA.
 
     Raises:
         RuntimeError: if the env cannot be created (missing optional package, unknown id);
@@ -113,9 +132,13 @@ def make_eval_env(
             f"{type(err).__name__}: {err}. Maze/antmaze/adroit envs need "
             f"`pip install gymnasium-robotics`."
         ) from err
-    vector_env = gym.vector.SyncVectorEnv(
-        [make_one] * int(num_envs), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-    )
+    if backend not in EVAL_BACKENDS:
+        raise ValueError(f"eval backend must be one of {EVAL_BACKENDS}, got {backend!r}.")
+    fns, autoreset = [make_one] * int(num_envs), gym.vector.AutoresetMode.SAME_STEP
+    if backend == "sync":
+        vector_env = gym.vector.SyncVectorEnv(fns, autoreset_mode=autoreset)
+    else:
+        vector_env = gym.vector.AsyncVectorEnv(fns, autoreset_mode=autoreset, context=async_context)
     env = GymWrapper(vector_env, device=device)
     compose = Compose(DoubleToFloat(), *transforms)
     if isinstance(env, TransformedEnv):  # GymWrapper may already add its own transforms

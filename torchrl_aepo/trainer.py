@@ -54,7 +54,9 @@ from torch import Tensor
 from torchrl._utils import timeit
 from tqdm.auto import tqdm
 
+from torchrl_aepo import distributed as _dist
 from torchrl_aepo.atomic import save_torch_atomic, write_json_atomic
+from torchrl_aepo.distributed import all_reduce_mean_, is_distributed
 
 __all__ = [
     "CheckpointError",
@@ -166,6 +168,9 @@ class OptimizerStep:
             :class:`NonFiniteError` and the parameters, optimiser and scheduler are left as they
             were. Defaults to ``True``.
         name: the loss name used in error messages (``__call__``'s ``name`` overrides it).
+        distributed: average the gradients over the ranks of the process group before the
+            check, clipping and update (:mod:`torchrl_aepo.distributed`); ``None`` (default):
+            when a process group with more than one rank is initialised.
     """
 
     optimizer: torch.optim.Optimizer
@@ -174,6 +179,7 @@ class OptimizerStep:
     params: list[Tensor] = field(default_factory=list)
     check_finite: bool = True
     name: str | None = None
+    distributed: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.params:
@@ -187,6 +193,8 @@ class OptimizerStep:
         """
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.distributed or (self.distributed is None and is_distributed()):
+            all_reduce_mean_([p.grad for p in self.params if p.grad is not None])
         if self.check_finite:
             self._check_finite(loss, name or self.name)
         norm = None
@@ -289,6 +297,11 @@ class OfflineTrainer:
             periodic Gamma-table estimate), by name; their states are saved in every
             checkpoint and restored on resume, like the global generators and the replay
             buffer's.
+        distributed: data-parallel over the ranks of the process group
+            (:mod:`torchrl_aepo.distributed`): each rank trains on its slice of the global
+            batch ``stage.batch_size``, the steps draw per-rank noise, and only rank 0 writes
+            checkpoints and logs. ``None`` (default): when a process group with more than one
+            rank is initialised (``torchrun``); a single process is unaffected.
 
     Hooks (:meth:`register_op`): ``"pre_stage"`` ``op(stage)``; ``"process_optim_batch"``
     ``op(batch) -> batch``; ``"post_optim"`` ``op(stage, step, metrics)``;
@@ -311,6 +324,7 @@ class OfflineTrainer:
         resume: bool = True,
         generators: Mapping[str, torch.Generator] | None = None,
         stage_configs: Mapping[str, Mapping[str, Any]] | None = None,
+        distributed: bool | None = None,
     ) -> None:
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
@@ -347,6 +361,12 @@ class OfflineTrainer:
         self.stopped_after: str | None = None
         self.generators = dict(generators or {})
         self._restore_only = False
+        self.distributed = is_distributed() if distributed is None else bool(distributed)
+        self.rank = _dist.rank() if self.distributed else 0
+        #: base of the per-rank, per-step seeds of a distributed run (equal on every rank)
+        self._step_seed_base = torch.initial_seed() % (2**31)
+        if self.rank != 0:  # rank 0 alone logs
+            self.logger = None
         self._ops: dict[str, list[Callable]] = {d: [] for d in _HOOK_DESTS}
         # last step sent to the logger, per stage (also in checkpoints/logged_steps.json)
         self._logged: dict[str, int] = {}
@@ -378,7 +398,7 @@ class OfflineTrainer:
             return
         self._logged[stage] = step
         # Recorded before the logger writes: a kill in between loses a row, never repeats one.
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and self.rank == 0:
             write_json_atomic(self._logged_path, self._logged)
         self.logger.log_scalar(name, value, step=step)
 
@@ -454,7 +474,7 @@ class OfflineTrainer:
         return {k: v for k, v in self.history.items() if k.startswith(prefix)}
 
     def save_checkpoint(self, stage: Stage) -> Path | None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or self.rank != 0:
             return None
         record = self.records[stage.name]
         state = {
@@ -684,13 +704,18 @@ class OfflineTrainer:
                 if stage.batch_size is not None:
                     with timeit(f"train/{stage.name}/sample"):
                         batch = self.replay_buffer.sample(stage.batch_size)
+                        if self.distributed:  # the same global batch on every rank: a slice
+                            batch = _dist.local_slice(batch, stage.batch_size)
                         if self.device is not None:
                             batch = batch.to(self.device, non_blocking=True)
                         for op in self._ops["process_optim_batch"]:
                             batch = op(batch)
                 with timeit(f"train/{stage.name}/update"):
                     try:
-                        metrics = stage.step(batch, record.steps)
+                        if self.distributed:
+                            metrics = self._distributed_step(stage, batch, record.steps)
+                        else:
+                            metrics = stage.step(batch, record.steps)
                     except NonFiniteError as err:
                         raise self._non_finite(stage, record.steps + 1, err) from err
                 record.steps += 1
@@ -741,6 +766,19 @@ class OfflineTrainer:
             )
             raise
         bar.close()
+
+    def _distributed_step(
+        self, stage: Stage, batch: TensorDictBase | None, step: int
+    ) -> Mapping[str, Tensor | float]:
+        """``stage.step`` with the global RNG forked and seeded per (rank, stage, step): the
+        ranks draw different noise, the generators outside the step stay equal on all ranks,
+        and a resumed run draws what the uninterrupted one did."""
+        index = [s.name for s in self.stages].index(stage.name)
+        seed = hash((self._step_seed_base, self.rank, index, step)) % (2**63)
+        devices = [self.device] if self.device is not None and self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return stage.step(batch, step)
 
     def _checkpoint_note(self, stage: Stage) -> str:
         if self.checkpoint_dir is None:

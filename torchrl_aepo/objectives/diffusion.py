@@ -43,7 +43,10 @@ class DiffusionLoss(LossModule):
             ``torchrl.objectives.SoftUpdate(loss, tau=1 - ema_decay)``; export it with
             :meth:`sampling_network`. Defaults to ``False``.
 
-    Input keys (``set_keys``): ``observation`` ``[*B, s]``, ``action`` ``[*B, d]``.
+    Input keys (``set_keys``): ``observation`` ``[*B, s]``, ``action`` ``[*B, d]``; optional
+    ``time`` ``[*B, 1]`` and ``noise`` ``[*B, d]`` (``"diffusion_time"`` / ``"diffusion_noise"``):
+    when present they are used instead of drawing ``t`` and ``epsilon`` from torch's global
+    generator (e.g. per-member generators of :class:`~torchrl_aepo.stacked.StackedDiffusion`).
     Output: ``loss_diffusion`` (scalar, or ``[*B]`` with ``reduction="none"``).
 
     Examples:
@@ -64,10 +67,14 @@ class DiffusionLoss(LossModule):
         Attributes:
             observation: conditioning state. Defaults to ``"observation"``.
             action: clean dataset action ``a_0``. Defaults to ``"action"``.
+            time: optional given diffusion times. Defaults to ``"diffusion_time"``.
+            noise: optional given noise ``epsilon``. Defaults to ``"diffusion_noise"``.
         """
 
         observation: NestedKey = "observation"
         action: NestedKey = "action"
+        time: NestedKey = "diffusion_time"
+        noise: NestedKey = "diffusion_noise"
 
     default_keys = _AcceptedKeys
     noise_network: nn.Module
@@ -117,10 +124,14 @@ class DiffusionLoss(LossModule):
                 f"{name}: observation {tuple(observation.shape)} and action "
                 f"{tuple(action.shape)} have different batch shapes."
             )
-        time = self.schedule.sample_time(
-            (*action.shape[:-1], 1), device=action.device, dtype=action.dtype
-        )
-        noise = torch.randn_like(action)
+        time = tensordict.get(self.tensor_keys.time, None)
+        if time is None:
+            time = self.schedule.sample_time(
+                (*action.shape[:-1], 1), device=action.device, dtype=action.dtype
+            )
+        noise = tensordict.get(self.tensor_keys.noise, None)
+        if noise is None:
+            noise = torch.randn_like(action)
         noisy_action = self.schedule.add_noise(action, time, noise)
         per_sample = (net(noisy_action, time, observation) - noise).pow(2).sum(-1)
         return TensorDict({"loss_diffusion": _reduce(per_sample, self.reduction)}, batch_size=[])
