@@ -63,6 +63,7 @@ __all__ = [
     "D4RL_REF_SCORES",
     "LADDER_VERSION",
     "LOCOMOTION_QUALITIES",
+    "RolloutEpisode",
     "Segment",
     "behaviour_summary",
     "build_locomotion_dataset",
@@ -197,12 +198,13 @@ def ladder_plan(quality: str, num_steps: int, ladder: dict) -> list[Segment]:
         ]
     if quality == "medium-replay":
         frac = ladder["warmup_steps"] / ladder["medium_env_steps"]
-        warm = min(num_steps - len(ladder["replay"]), round(num_steps * frac))
+        warm = min(num_steps, round(num_steps * frac))
         shares = _split(num_steps - warm, len(ladder["replay"]))
         sigma = SIGMA["medium-replay"]
-        return [Segment(warm, None)] * (warm > 0) + [
+        plan = [Segment(warm, None)] + [
             Segment(n, ckpt, sigma) for n, ckpt in zip(shares, ladder["replay"], strict=True)
         ]
+        return [s for s in plan if s.steps > 0]
     raise ValueError(f"unknown quality {quality!r}; one of {LOCOMOTION_QUALITIES}")
 
 
@@ -210,7 +212,9 @@ def ladder_plan(quality: str, num_steps: int, ladder: dict) -> list[Segment]:
 
 
 @dataclass
-class _Episode:
+class RolloutEpisode:
+    """One collected episode (the fields of a Minari ``EpisodeBuffer``)."""
+
     observations: np.ndarray  # [T + 1, obs_dim] float64
     actions: np.ndarray  # [T, act_dim] float32
     rewards: np.ndarray  # [T] float64
@@ -227,7 +231,7 @@ def collect_segment(
     seed: int,
     segment: int = 0,
     num_envs: int = NUM_ENVS,
-) -> list[_Episode]:
+) -> list[RolloutEpisode]:
     """Roll out ``steps`` transitions of ``policy`` (``None``: uniform random) with noise.
 
     Runs ``min(num_envs, steps)`` envs of a ``SyncVectorEnv``; env ``i`` resets with seed
@@ -278,7 +282,7 @@ def collect_segment(
         act_buf[t], rew_buf[t], term_buf[t], trunc_buf[t] = action, reward, term, trunc
     envs.close()
 
-    episodes: list[tuple[int, int, _Episode]] = []
+    episodes: list[tuple[int, int, RolloutEpisode]] = []
     for i in range(n):
         end = int(quota[i])
         trunc_i = trunc_buf[:end, i] & ~term_buf[:end, i]
@@ -287,7 +291,7 @@ def collect_segment(
         start = 0
         for stop in stops:
             sl = slice(start, stop)
-            ep = _Episode(
+            ep = RolloutEpisode(
                 observations=np.concatenate([obs_buf[sl, i], next_buf[stop - 1 : stop, i]]),
                 actions=act_buf[sl, i].copy(),
                 rewards=rew_buf[sl, i].copy(),
@@ -395,7 +399,7 @@ def build_locomotion_dataset(
         start = time.perf_counter()
         folder = _ladder_path(family, policy_dir)
         policies = {s.checkpoint: load_policy(folder / s.checkpoint) for s in plan if s.checkpoint}
-        episodes: list[_Episode] = []
+        episodes: list[RolloutEpisode] = []
         for k, seg in enumerate(plan):
             net = policies[seg.checkpoint][0] if seg.checkpoint else None
             episodes += collect_segment(env_id, net, seg.steps, seg.sigma, seed, k, num_envs)
