@@ -200,12 +200,13 @@ def train_policy(
     ``eval_return_std``, ``wall_s``) every ``config.save_every`` env steps, ``out_dir/log.csv``
     (one row per checkpoint) and ``out_dir/config.json``. Uses one torch thread.
 
-    Example (a smoke run, ~10 s):
+    Example (a smoke run with a small net, a few seconds):
         >>> import tempfile
-        >>> cfg = SACConfig(steps=2_000, warmup_steps=1_000, save_every=1_000, eval_episodes=1)
+        >>> cfg = SACConfig(steps=400, warmup_steps=200, frames_per_batch=200, save_every=200,
+        ...                 batch_size=32, hidden=(32, 32), eval_episodes=1)
         >>> out = train_policy("hopper", tempfile.mkdtemp(), cfg, verbose=False)
         >>> sorted(p.name for p in out.glob("step_*.pt"))
-        ['step_1000.pt', 'step_2000.pt']
+        ['step_200.pt', 'step_400.pt']
     """
     from tensordict.nn import NormalParamExtractor, TensorDictModule
     from torchrl.collectors import Collector
