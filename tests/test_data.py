@@ -430,7 +430,7 @@ def test_remote_minari_without_network_fails_fast_and_clearly(tmp_path, monkeypa
 def test_cli_lists_and_builds(tmp_path, capsys):
     assert cli(["list", "--backend", "local"]) == 0
     out = capsys.readouterr().out
-    assert "pendulum-medium-replay" in out and "10 tasks" in out
+    assert "pendulum-medium-replay" in out and "25 tasks" in out
     assert (
         cli(
             [

@@ -16,6 +16,7 @@ from torchrl_aepo.data.loading import (
     PatchedMinariExperienceReplay,
     make_offline_data,
 )
+from torchrl_aepo.data.locomotion import build_locomotion_dataset
 from torchrl_aepo.data.preprocessing import (
     NonFiniteDataError,
     episode_returns,
@@ -48,6 +49,7 @@ __all__ = [
     "TaskSpec",
     "UnknownTaskError",
     "build_local_dataset",
+    "build_locomotion_dataset",
     "episode_returns",
     "get_task",
     "import_eval_requirements",

@@ -7,6 +7,9 @@ Examples::
     python -m torchrl_aepo.data build pendulum-medium-replay [--root DIR] [--steps N]
     python -m torchrl_aepo.data build pendulum            # all qualities of a family
     python -m torchrl_aepo.data info pendulum-medium-replay --root DIR
+    python -m torchrl_aepo.data train-policies hopper [--steps N] [--out DIR]
+    python -m torchrl_aepo.data select-policies hopper    # ladder checkpoints from the run
+    python -m torchrl_aepo.data build hopper-medium-replay-local [--steps N]
 """
 
 from __future__ import annotations
@@ -17,14 +20,23 @@ import time
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from torchrl_aepo.data.locomotion import behaviour_summary
     from torchrl_aepo.data.tasks import TASKS, list_tasks
 
     names = list_tasks(backend=args.backend, family=args.family)
-    rows = [("task", "backend", "dataset", "eval env", "reward", "extra")]
+    rows = [("task", "backend", "dataset", "eval env", "reward", "extra", "behaviour")]
     for name in names:
         s = TASKS[name]
         rows.append(
-            (name, s.backend, s.dataset_id, s.eval_env_id, s.reward_transform, ",".join(s.requires))
+            (
+                name,
+                s.backend,
+                s.dataset_id,
+                s.eval_env_id,
+                s.reward_transform,
+                ",".join(s.requires),
+                behaviour_summary(name),
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
@@ -37,11 +49,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _expand(names: list[str]) -> list[str]:
     from torchrl_aepo.data.builders import LOCAL_FAMILIES, QUALITIES
+    from torchrl_aepo.data.policies import LOCOMOTION_ENV_IDS
 
     out = []
     for name in names:
         if name in LOCAL_FAMILIES:
             out += [f"{name}-{q}" for q in QUALITIES]
+        elif name in LOCOMOTION_ENV_IDS:
+            out += [f"{name}-{q}-local" for q in QUALITIES]
         else:
             out.append(name)
     return out
@@ -79,6 +94,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         print(f"{name}: {path}\n  built or reused in {wall:.1f} s (CPU {cpu:.1f} s)")
         _describe(name, args.root)
+        if args.record:
+            from torchrl_aepo.data.locomotion import record_dataset_stats
+
+            print(f"  recorded in {record_dataset_stats(name, path)}")
     return 0
 
 
@@ -95,6 +114,39 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for _ in range(n):
         rb.sample()
     print(f"rb.sample() at batch {args.batch_size}: {n / (time.perf_counter() - start):.0f}/s")
+    return 0
+
+
+def _cmd_train_policies(args: argparse.Namespace) -> int:
+    import os
+
+    from torchrl_aepo.data.policies import SACConfig, train_policy
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cfg = SACConfig(steps=args.steps, save_every=args.save_every, seed=args.seed)
+    if args.warmup is not None:
+        cfg.warmup_steps = args.warmup
+    out = args.out or f"runs/policies/{args.family}"
+    train_policy(args.family, out, cfg)
+    print(f"checkpoints and log.csv in {out}")
+    return 0
+
+
+def _cmd_select_policies(args: argparse.Namespace) -> int:
+    import torch
+
+    from torchrl_aepo.data.locomotion import select_checkpoints
+
+    torch.set_num_threads(1)
+    run = args.run or f"runs/policies/{args.family}"
+    ladder = select_checkpoints(args.family, run, args.out, max_replay=args.max_replay)
+    for key in ("expert", "medium"):
+        r = ladder["returns"][ladder[key]]
+        print(
+            f"{key}: {ladder[key]} return {r['reeval_return']:.1f} +- {r['reeval_return_std']:.1f}"
+            f" (normalized {r['reeval_normalized']:.1f}, {r['reeval_episodes']} episodes)"
+        )
+    print(f"replay: {', '.join(ladder['replay'])}")
     return 0
 
 
@@ -120,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--ref-episodes", type=int, help="episodes for the reference scores")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="locomotion: store the dataset's stats in the committed ladder.json (for `list`)",
+    )
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("info", help="load a cached dataset, print metadata and sampling speed")
@@ -127,6 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root")
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("train-policies", help="train a SAC behaviour policy (TorchRL, 1 thread)")
+    p.add_argument("family", choices=("halfcheetah", "hopper", "walker2d"))
+    p.add_argument("--steps", type=int, default=300_000, help="env steps")
+    p.add_argument("--save-every", type=int, default=10_000, help="checkpoint interval")
+    p.add_argument("--warmup", type=int, help="uniform random warm-up steps (default 5000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder (default runs/policies/<family>)")
+    p.set_defaults(func=_cmd_train_policies)
+
+    p = sub.add_parser("select-policies", help="copy the ladder's checkpoints from a run")
+    p.add_argument("family", choices=("halfcheetah", "hopper", "walker2d"))
+    p.add_argument("--run", help="training run folder (default runs/policies/<family>)")
+    p.add_argument("--out", help="destination (default torchrl_aepo/data/checkpoints/<family>)")
+    p.add_argument("--max-replay", type=int, default=6, help="checkpoints of medium-replay")
+    p.set_defaults(func=_cmd_select_policies)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -318,7 +318,9 @@ def build_local_dataset(
     """Build (or reuse) the local Minari HDF5 dataset of task ``name``; return its directory.
 
     Args:
-        name: a local task, ``"<family>-<quality>"`` (``"pendulum-medium-replay"``).
+        name: a local task, ``"<family>-<quality>"`` (``"pendulum-medium-replay"``), or a
+            locomotion task ``"<env>-<quality>-local"`` (built by
+            :func:`torchrl_aepo.data.locomotion.build_locomotion_dataset`).
         root: Minari datasets root (default ``$MINARI_DATASETS_PATH``, else
             ``~/.minari/datasets``).
         num_steps: number of transitions (default: the family's ``default_steps``; an existing
@@ -339,6 +341,12 @@ def build_local_dataset(
     """
     import minari
 
+    if isinstance(name, str) and name.endswith("-local"):  # the SAC locomotion ladder
+        from torchrl_aepo.data.locomotion import build_locomotion_dataset
+
+        return build_locomotion_dataset(
+            name, root=root, num_steps=num_steps, seed=seed, overwrite=overwrite
+        )
     fam, quality = _parse_local_name(name)
     dataset_id = local_dataset_id(fam.name, quality)
     with minari_root(root) as base:

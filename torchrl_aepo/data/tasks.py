@@ -304,11 +304,38 @@ def _local_tasks() -> list[TaskSpec]:
     ]
 
 
+def _local_locomotion_tasks() -> list[TaskSpec]:
+    # The D4RL ladder on gymnasium v5 envs, built from committed SAC checkpoints
+    # (torchrl_aepo.data.locomotion); D4RL's reference scores.
+    tasks = []
+    for env, gym_name in _LOCOMOTION_ENVS.items():
+        lo, hi = _D4RL_REF[env]
+        for quality in QUALITIES:
+            tasks.append(
+                TaskSpec(
+                    name=f"{env}-{quality}-local",
+                    backend="local",
+                    dataset_id=f"local/{env}/{quality}-v0",
+                    eval_env_id=f"{gym_name}-v5",
+                    reward_transform="iql_locomotion",
+                    max_episode_steps=1000,
+                    ref_min_score=lo,
+                    ref_max_score=hi,
+                    family=env,
+                    quality=quality,
+                    notes=f"{gym_name}-v5, SAC policies trained here with TorchRL; D4RL-style "
+                    "ladder, falls terminate, 1000-step time-outs.",
+                )
+            )
+    return tasks
+
+
 def _build_table() -> dict[str, TaskSpec]:
     table: dict[str, TaskSpec] = {}
     specs = [*_locomotion_tasks(), *_maze2d_tasks(), *_antmaze_tasks(), *_adroit_tasks()]
     order = {"d4rl": 0, "minari": 1}  # the paper's tasks first, in the paper's order
-    for spec in (*sorted(specs, key=lambda s: order[s.backend]), *_local_tasks()):
+    for spec in (*sorted(specs, key=lambda s: order[s.backend]), *_local_tasks(),
+                 *_local_locomotion_tasks()):  # fmt: skip
         if spec.name in table:
             raise RuntimeError(f"duplicate task name {spec.name!r} in the task table")
         table[spec.name] = spec
