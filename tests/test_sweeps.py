@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from torchrl_aepo.report import aggregate, load_runs
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 import utils as recipe_utils  # noqa: E402
@@ -109,35 +111,32 @@ def test_joblib_multirun_of_seeds_and_tasks_is_aggregated(data_root, tmp_path):
         assert results["run_dir"] == str(sweep / name)
         assert (sweep / name / "checkpoints" / "energy.pt").exists()
 
-    rows = recipe_utils.aggregate_runs([sweep])
-    assert sorted((r["task"], r["seed"]) for r in rows) == sorted(
-        (t, s) for t in TASKS for s in (0, 1)
-    )
-    summary = recipe_utils.summarize_runs(rows)
-    assert [(s["task"], s["n"], s["seeds"]) for s in summary] == [
+    runs = load_runs([sweep])  # the aggregation command of the ablation report
+    assert sorted((r.task, r.seed) for r in runs) == sorted((t, s) for t in TASKS for s in (0, 1))
+    summary = aggregate(runs)
+    assert [(s["task"], s["runs"], s["seeds"]) for s in summary] == [
         (TASKS[0], 2, [0, 1]),
         (TASKS[1], 2, [0, 1]),
     ]
     for s in summary:
-        finals = [r["final"] for r in rows if r["task"] == s["task"]]
+        finals = [r.final for r in runs if r.task == s["task"]]
         assert s["final_mean"] == pytest.approx(sum(finals) / 2)
         assert s["final_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2)
 
     out = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "aggregate_runs.py"), str(sweep)],
+        [sys.executable, "-m", "torchrl_aepo.report", str(sweep), "--out", str(sweep / "report")],
         capture_output=True,
         text=True,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    written = json.loads((sweep / "summary.json").read_text())
-    assert len(written["runs"]) == 4 and len(written["summary"]) == 2
+    assert (sweep / "report" / "table.csv").read_text().count("\n") == 3  # header + 2 tasks
 
 
 def test_aggregate_refuses_a_missing_path(tmp_path):
-    with pytest.raises(recipe_utils.RecipeError, match="neither"):
-        recipe_utils.aggregate_runs([tmp_path / "nope"])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_runs([tmp_path / "nope"])
 
 
 @pytest.mark.skipif(
@@ -154,7 +153,7 @@ def test_optuna_search_maximises_the_final_normalized_score(data_root, tmp_path)
         *TINY,
     )
     best = (sweep / "optimization_results.yaml").read_text()
-    finals = [r["final"] for r in recipe_utils.aggregate_runs([sweep])]
+    finals = [r.final for r in load_runs([sweep])]
     assert len(finals) == 2
     import yaml
 
