@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from recipe_overrides import tiny_recipe_overrides
 
 from torchrl_aepo import (
     AEPOConfig,
@@ -37,31 +38,8 @@ from torchrl_aepo.objectives import (
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "pendulum-medium-replay"
 TINY = [
-    "threads=1",
-    "device=cpu",
-    "progress_bar=false",
-    "logger=none",
-    "model.noise_num_cells=[32,32]",
-    "model.qvalue_num_cells=[32,32]",
-    "model.value_num_cells=[32,32]",
-    "model.energy_num_cells=[32,32]",
-    "train.diffusion.steps=20",
-    "train.critic.steps=20",
-    "train.energy.steps=20",
-    "train.diffusion.batch_size=64",
-    "train.critic.batch_size=64",
-    "train.energy.batch_size=64",
-    "train.gamma_table.num_times=8",
-    "train.gamma_table.samples_per_time=32",
-    "train.log_interval=10",
-    "train.checkpoint_interval=10",
-    "train.eval_interval=0",
-    "eval.episodes=2",
-    "eval.num_envs=2",
-    "eval.max_steps=10",
-    "eval.guidance_sweep=[0.0,0.5]",
-    "aepo.solver.steps=3",
     "aepo.num_support=4",
+    *tiny_recipe_overrides(eval_max_steps=10, guidance_sweep="[0.0,0.5]", solver_steps=3),
 ]
 
 

@@ -16,36 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from recipe_overrides import tiny_recipe_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "pendulum-medium-expert"
 
 TINY = [
     f"task={TASK}",
-    "threads=1",
-    "device=cpu",
-    "progress_bar=false",
-    "model.noise_num_cells=[32,32]",
-    "model.qvalue_num_cells=[32,32]",
-    "model.value_num_cells=[32,32]",
-    "model.energy_num_cells=[32,32]",
-    "train.diffusion.steps=30",
-    "train.critic.steps=30",
-    "train.energy.steps=30",
-    "train.diffusion.batch_size=64",
-    "train.critic.batch_size=64",
-    "train.energy.batch_size=64",
-    "train.gamma_table.num_times=8",
-    "train.gamma_table.samples_per_time=32",
-    "train.log_interval=10",
-    "train.checkpoint_interval=10",
-    "train.eval_interval=15",
-    "train.eval_episodes=2",
-    "eval.episodes=2",
-    "eval.num_envs=2",
-    "eval.max_steps=20",
-    "eval.guidance_sweep=[0.0,1.0]",
-    "aepo.solver.steps=4",
+    *tiny_recipe_overrides(steps=30, guidance_sweep="[0.0,1.0]", eval_interval=15, logger=None),
 ]
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from recipe_overrides import tiny_recipe_overrides
 
 from torchrl_aepo.report import aggregate, load_runs
 
@@ -23,30 +24,7 @@ import utils as recipe_utils  # noqa: E402
 
 TASKS = ("pendulum-medium", "pendulum-medium-replay")
 TINY = [
-    "threads=1",
-    "device=cpu",
-    "progress_bar=false",
-    "logger=none",
-    "model.noise_num_cells=[32,32]",
-    "model.qvalue_num_cells=[32,32]",
-    "model.value_num_cells=[32,32]",
-    "model.energy_num_cells=[32,32]",
-    "train.diffusion.steps=20",
-    "train.critic.steps=20",
-    "train.energy.steps=20",
-    "train.diffusion.batch_size=64",
-    "train.critic.batch_size=64",
-    "train.energy.batch_size=64",
-    "train.gamma_table.num_times=8",
-    "train.gamma_table.samples_per_time=32",
-    "train.log_interval=10",
-    "train.checkpoint_interval=10",
-    "train.eval_interval=0",
-    "eval.episodes=2",
-    "eval.num_envs=2",
-    "eval.max_steps=20",
-    "eval.guidance_sweep=[0.0]",
-    "aepo.solver.steps=4",
+    *tiny_recipe_overrides(),
 ]
 
 
