@@ -206,46 +206,22 @@ def _build_diffusion_bc(cfg: BenchConfig, batch: int) -> Built:
 
 
 def _iql(cfg: BenchConfig):
-    from tensordict.nn import NormalParamExtractor, TensorDictModule
-    from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
-    from torchrl.objectives import IQLLoss, SoftUpdate
+    """TorchRL's IQLLoss with its recipe's TanhNormal actor (3x256 MLPs), as the project's
+    baseline builds it (:func:`torchrl_aepo.baselines.build_iql`)."""
+    from torchrl.objectives import SoftUpdate
 
-    s, d = cfg.obs_dim, cfg.action_dim
-    cells = [256, 256, 256]
-    actor_net = nn.Sequential(
-        MLP(in_features=s, out_features=2 * d, num_cells=cells, activation_class=nn.ReLU),
-        NormalParamExtractor(),
-    )
-    actor = ProbabilisticActor(
-        TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
-        in_keys=["loc", "scale"],
-        spec=_action_spec(cfg),
-        distribution_class=TanhNormal,
-        distribution_kwargs={"low": -1.0, "high": 1.0},
-    )
-    qvalue = ValueOperator(
-        MLP(in_features=s + d, out_features=1, num_cells=cells, activation_class=nn.ReLU),
-        in_keys=["observation", "action"],
-    )
-    value = ValueOperator(
-        MLP(in_features=s, out_features=1, num_cells=cells, activation_class=nn.ReLU),
-        in_keys=["observation"],
-    )
-    loss = IQLLoss(
-        actor,
-        qvalue,
-        value,
-        num_qvalue_nets=2,
-        loss_function="l2",
-        expectile=0.7,
-        temperature=3.0,
-    )
-    loss.make_value_estimator(gamma=0.99)
+    from torchrl_aepo.baselines import build_iql
+
+    loss, _ = build_iql(cfg.obs_dim, cfg.action_dim, actor="tanh_normal", num_cells=(256, 256, 256))
     updater = SoftUpdate(loss, tau=0.005)
-    sizes = {
-        "actor": _n_params(actor_net),
-        "q": 2 * _n_params(qvalue),  # two heads (vmapped copies of the same shapes)
-        "v": _n_params(value),
+
+    def count(params) -> int:
+        return sum(p.numel() for p in params.values(True, True))
+
+    sizes = {  # the twin Q's parameters are stacked: their count holds both heads
+        "actor": count(loss.actor_network_params),
+        "q": count(loss.qvalue_network_params),
+        "v": count(loss.value_network_params),
     }
     return loss, updater, sizes
 
