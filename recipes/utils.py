@@ -117,25 +117,33 @@ def setup_runtime(
     return torch.device(device)
 
 
+#: ``aepo`` keys that only the sampler/evaluation reads: never hashed into the checkpoints, so
+#: ``eval_only`` may change them.
+SAMPLING_KEYS = ("guidance", "rescale", "num_candidates", "selection", "solver")
+#: ``aepo`` keys of the paper's ablations: hashed only when the critic or energy is not AEPO's.
+ABLATION_KEYS = ("critic", "energy", "num_support", "isql_beta", "cql_alpha", "cql_num_random",
+                 "cql_temperature")  # fmt: skip
+#: ``aepo`` training keys added after runs existed, hashed only off these defaults so that
+#: those runs keep resuming (and ``init_from`` keeps reusing them).
+LATER_TRAINING_DEFAULTS = {"variance_weight": 1.0}
+
+
 def training_config(cfg: DictConfig) -> dict:
-    """The part of the config that determines training (hashed into the checkpoints)."""
+    """The part of the config that determines training (hashed into the checkpoints): every
+    ``aepo`` key except :data:`SAMPLING_KEYS`, ``train`` without its logging/eval cadence."""
     c = OmegaConf.to_container(cfg, resolve=True)
     untrained = ("log_interval", "checkpoint_interval", "eval_interval", "eval_episodes",
                  "stop_after_stage")  # fmt: skip
-    trained = ("beta", "expectile", "discount", "posterior", "clip_posterior_mean",
-               "energy_baseline")  # fmt: skip
     train = {k: v for k, v in c["train"].items() if k not in untrained}
-    aepo = {k: c["aepo"][k] for k in trained}
-    # The ablation keys enter the hash only off AEPO's defaults, so that runs started before
-    # they existed keep resuming.
-    if (
-        c["aepo"].get("critic", "expectile") != "expectile"
-        or c["aepo"].get("energy", "analytic") != "analytic"
+    aepo = {k: v for k, v in c["aepo"].items() if k not in SAMPLING_KEYS}
+    for key, default in LATER_TRAINING_DEFAULTS.items():
+        if aepo.get(key) == default:
+            del aepo[key]
+    if aepo.get("critic", "expectile") == "expectile" and aepo.get("energy", "analytic") == (
+        "analytic"
     ):
-        ablation = ("critic", "energy", "num_support", "isql_beta", "cql_alpha",
-                    "cql_num_random", "cql_temperature")  # fmt: skip
-        aepo.update({k: c["aepo"][k] for k in ablation})
-    else:
+        for key in ABLATION_KEYS:
+            aepo.pop(key, None)
         train.pop("supports", None)
     return {
         "task": c["task"],
@@ -478,8 +486,7 @@ def evaluation_name(cfg: DictConfig) -> str:
     from torchrl_aepo.trainer import config_hash
 
     c = OmegaConf.to_container(cfg, resolve=True)
-    trained = training_config(cfg)["aepo"]
-    sampling = {k: v for k, v in c["aepo"].items() if k not in trained}
+    sampling = {k: v for k, v in c["aepo"].items() if k in SAMPLING_KEYS}
     settings = {"aepo": sampling, "eval": c["eval"], "deploy": c["deploy"]}
     return f".eval-{config_hash(settings)}"
 

@@ -101,3 +101,17 @@ def test_logger_group(logger):
 def test_minari_template_needs_a_name():
     cfg = _compose(["task=minari", "task.name=D4RL/door/human-v2"])
     assert cfg.task.name == "D4RL/door/human-v2"
+
+
+def test_training_hash_covers_every_training_key_and_no_sampling_key():
+    utils = _recipe_utils()
+    base = utils.training_config(_compose())
+    # sampling keys: never hashed (eval_only may change them)
+    for override in ("aepo.guidance=3", "aepo.rescale=false", "aepo.num_candidates=4",
+                     "aepo.solver.steps=5", "deploy.num_candidates=16"):  # fmt: skip
+        assert utils.training_config(_compose([override])) == base, override
+    # a training key changes the hash; one added later only off its default (old runs resume)
+    assert "variance_weight" not in base["aepo"]
+    changed = utils.training_config(_compose(["aepo.variance_weight=0"]))
+    assert changed["aepo"]["variance_weight"] == 0
+    assert utils.training_config(_compose(["aepo.beta=1"]))["aepo"]["beta"] == 1

@@ -350,3 +350,24 @@ def test_joint_training_loop_with_a_torchrl_replay_buffer(energy_loss_type):
         assert restored.posterior_statistics.num_times == 7
         for key, value in energy_loss.energy_network_params.items(True, True):
             torch.testing.assert_close(restored.energy_network_params[key], value)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_variance_weight_scales_only_the_second_order_term(weight):
+    """Exact linear-Q oracle: y = beta q.mu + lambda (beta^2/2) sigma^2 ||q||^2 for every a_0."""
+    loss = oracle_loss(exact_statistics(), posterior=1, variance_weight=weight)
+    g = torch.Generator().manual_seed(3)
+    q = torch.tensor(Q)
+    for t in (0.01, 0.3, 0.9):
+        observation, a0, time, noise, a_t = posterior_draws(t, 256, g)
+        target = loss.energy_target(observation, a0, time, noise)
+        mu = exact_posterior_mean(SCHEDULE, time, a_t, torch.tensor(C), V)
+        variance = exact_posterior_variance(SCHEDULE, time, V)
+        expected = BETA * mu @ q[:, None] + weight * 0.5 * BETA**2 * variance * q.pow(2).sum()
+        torch.testing.assert_close(target["y"], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, "1"])
+def test_variance_weight_outside_unit_interval_is_refused(weight):
+    with pytest.raises(ValueError, match="variance_weight must be in"):
+        oracle_loss(exact_statistics(11), variance_weight=weight)

@@ -233,6 +233,7 @@ def build_energy_loss(
             beta=beta,
             posterior=int(aepo.posterior),
             clip_posterior_mean=clip,
+            variance_weight=float(aepo.variance_weight),
         )
     elif aepo.energy == "mse":
         loss = MSEEnergyLoss(nets.energy, nets.behaviour, critic, beta=beta)

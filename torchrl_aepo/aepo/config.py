@@ -177,6 +177,8 @@ class AEPOConfig(_Config):
         discount: the RL discount of the critic's TD target.
         posterior: ``1`` (``Gamma`` table, Eq. 22) or ``2`` (Eq. 24) for ``sigma^2_{0|t}``.
         clip_posterior_mean: box for ``mu_{0|t}`` in the energy target, or ``None``.
+        variance_weight: weight in ``[0, 1]`` of the target's second-order term
+            ``(beta^2/2) sigma^2_{0|t} ||g||^2`` (``1``: Eq. 25, the paper's).
         energy_baseline: ``"value"`` (default) regresses ``beta (Q - V(s))``, which has the
             same action gradient as ``beta Q``; ``"none"`` regresses ``beta Q``, the paper's
             literal form (a deviation we make by default: the network otherwise has to fit
@@ -203,6 +205,7 @@ class AEPOConfig(_Config):
     discount: float = 0.99
     posterior: int = 1
     clip_posterior_mean: tuple[float, float] | None = (-1.0, 1.0)
+    variance_weight: float = 1.0
     energy_baseline: Literal["none", "value"] = "value"
     guidance: float = 1.0
     rescale: bool = True
@@ -248,6 +251,8 @@ class AEPOConfig(_Config):
         clip = self.clip_posterior_mean
         if clip is not None and (len(clip) != 2 or not clip[0] < clip[1]):
             out.append(f"{prefix}clip_posterior_mean={clip!r}: use [low, high] with low < high")
+        if not (isinstance(self.variance_weight, (int, float)) and 0 <= self.variance_weight <= 1):
+            out.append(f"{prefix}variance_weight={self.variance_weight!r}: must be in [0, 1]")
         if self.energy_baseline not in ("none", "value", None):
             out.append(f"{prefix}energy_baseline={self.energy_baseline!r}: use none or value")
         if not self.guidance >= 0:

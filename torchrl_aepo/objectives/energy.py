@@ -268,6 +268,10 @@ class AnalyticEnergyLoss(TargetRegressionEnergyLoss):
         schedule: the noise schedule; defaults to the statistics' schedule and must equal it.
         clip_posterior_mean: ``(low, high)`` box for ``mu_{0|t}``, or ``None``. Defaults to
             ``(-1, 1)``.
+        variance_weight: weight ``lambda`` of the second-order (variance) term, the target
+            being ``beta Q + beta g^T (mu - a_0) + lambda (beta^2/2) sigma^2 ||g||^2``.
+            ``1`` (default) is Eq. 25; ``0`` keeps the first-order part only, i.e.
+            ``beta Q(s, mu_{0|t})`` to first order, the Jensen lower bound of ``E_t``.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
 
     Input keys (``set_keys``): ``observation`` ``[*B, s]``, ``action`` ``[*B, d]``.
@@ -306,6 +310,7 @@ class AnalyticEnergyLoss(TargetRegressionEnergyLoss):
         posterior: int = 1,
         schedule: VPSchedule | None = None,
         clip_posterior_mean: tuple[float, float] | None = (-1.0, 1.0),
+        variance_weight: float = 1.0,
         reduction: str = "mean",
     ) -> None:
         if not isinstance(posterior_statistics, PosteriorStatistics):
@@ -329,7 +334,10 @@ class AnalyticEnergyLoss(TargetRegressionEnergyLoss):
             raise ValueError(
                 f"clip_posterior_mean must be (low, high) with low < high, got {clip_posterior_mean}."
             )
+        if not (isinstance(variance_weight, (int, float)) and 0 <= variance_weight <= 1):
+            raise ValueError(f"variance_weight must be in [0, 1], got {variance_weight!r}.")
         self.posterior = posterior
+        self.variance_weight = float(variance_weight)
         self.clip_posterior_mean = (
             None if clip_posterior_mean is None else tuple(float(x) for x in clip_posterior_mean)
         )
@@ -378,7 +386,9 @@ class AnalyticEnergyLoss(TargetRegressionEnergyLoss):
         target = (
             self.beta * qvalue
             + self.beta * (grad * (mean - action)).sum(-1, keepdim=True)
-            + (0.5 * self.beta**2) * variance * grad.pow(2).sum(-1, keepdim=True)
+            + (0.5 * self.variance_weight * self.beta**2)
+            * variance
+            * grad.pow(2).sum(-1, keepdim=True)
         )
         return {
             "y": target,
