@@ -151,7 +151,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         sweep = guidance_sweep(
             actor, env, sweep_ws, **utils.eval_kwargs(cfg.eval, metadata, int(cfg.eval.episodes))
         )
-        deployed = utils.evaluate_deployed(
+        deployed, deployed_sweep = utils.evaluate_deployed(
             cfg, nets, losses, aepo_cfg, (low, high), env, metadata, chosen, compile_options
         )
     eval_seconds = time.perf_counter() - t0
@@ -166,6 +166,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg, task, metadata, len(replay_buffer), summary, sweep, chosen, during, device, run_dir
     )
     results["deployed"] = None if deployed is None else {**deployed.to_dict(), **dict(cfg.deploy)}
+    results["deployed_sweep"] = [r.to_dict() for r in deployed_sweep]
     results["timings"].update(
         data_seconds=round(data_seconds, 3),
         eval_seconds=round(eval_seconds, 3),

@@ -83,6 +83,9 @@ def deploy_problems(deploy_cfg: DictConfig) -> list[str]:
         out.append(
             f"deploy.selection={deploy_cfg.get('selection')!r}: use argmax_q, softmax_q or first"
         )
+    sweep = deploy_cfg.get("guidance_sweep") or []
+    if any(not isinstance(w, (int, float)) or w < 0 for w in sweep):
+        out.append(f"deploy.guidance_sweep={list(sweep)}: guidance degrees must be >= 0")
     return out
 
 
@@ -312,13 +315,14 @@ def check_env_matches_data(env, metadata) -> None:
 
 def evaluate_deployed(cfg, nets, losses, aepo_cfg, box, env, metadata, guidance, compile_options):
     """The deployed policy (``deploy.num_candidates`` guided candidates per state, one picked
-    by the target critic with ``deploy.selection``) evaluated at ``guidance``, or ``None``
-    when ``deploy.num_candidates`` is null."""
+    by the target critic with ``deploy.selection``) evaluated at ``guidance`` and at every
+    degree of ``deploy.guidance_sweep``: ``(result at guidance, sweep results)``, or
+    ``(None, [])`` when ``deploy.num_candidates`` is null."""
     from torchrl_aepo import aepo
     from torchrl_aepo.evaluation import guidance_sweep
 
     if cfg.deploy.num_candidates is None:
-        return None
+        return None, []
     deploy_cfg = dataclasses.replace(
         aepo_cfg,
         num_candidates=int(cfg.deploy.num_candidates),
@@ -334,7 +338,9 @@ def evaluate_deployed(cfg, nets, losses, aepo_cfg, box, env, metadata, guidance,
         compile=compile_options,
     )
     kwargs = eval_kwargs(cfg.eval, metadata, int(cfg.eval.episodes))
-    return guidance_sweep(actor, env, [guidance], **kwargs)[0]
+    degrees = sorted({float(guidance), *[float(w) for w in (cfg.deploy.guidance_sweep or [])]})
+    sweep = guidance_sweep(actor, env, degrees, **kwargs)
+    return sweep[degrees.index(float(guidance))], sweep
 
 
 def eval_kwargs(eval_cfg: DictConfig, metadata, episodes: int) -> dict:
@@ -527,6 +533,7 @@ def write_plots(
 SCORE_KEYS = (
     "final",
     "deployed",
+    "deployed_sweep",
     "behaviour",
     "improvement_over_behaviour",
     "best",
@@ -599,6 +606,10 @@ def print_report(results: dict, table: str) -> None:
             f"  deployed      w={d['guidance']:g}, K={d['num_candidates']} ({d['selection']}): "
             f"normalized score {d['normalized_mean']:.1f} ± {d['normalized_std']:.1f}"
         )
+        others = [r for r in results.get("deployed_sweep", []) if r["guidance"] != d["guidance"]]
+        if others:
+            cells = ", ".join(f"w={r['guidance']:g}: {r['normalized_mean']:.1f}" for r in others)
+            print(f"                deployed at other degrees: {cells}")
     print(f"  best during training: {bd['normalized_score']:.1f} at step {bd['step']}")
     print("  guidance sweep (same env seeds):")
     print("    " + table.replace("\n", "\n    "))

@@ -353,6 +353,7 @@ def test_eval_only_evaluates_a_finished_run_under_other_sampling_settings(
             "eval_only=true",
             "eval.guidance_sweep=[0.0]",
             "deploy.num_candidates=3",
+            "deploy.guidance_sweep=[0.0]",
             *sampling,
         )
     )
@@ -364,6 +365,10 @@ def test_eval_only_evaluates_a_finished_run_under_other_sampling_settings(
     assert on_disk["final"]["guidance"] == 2.0
     assert on_disk["deployed"]["num_candidates"] == 3 and on_disk["deployed"]["guidance"] == 2.0
     assert len(on_disk["deployed"]["returns"]) == 2
+    assert [r["guidance"] for r in on_disk["deployed_sweep"]] == [0.0, 2.0]
+    assert on_disk["deployed_sweep"][1] == {
+        k: v for k, v in on_disk["deployed"].items() if k in on_disk["deployed_sweep"][1]
+    }
     assert on_disk["config"]["aepo"]["num_candidates"] == 4
     # a training key may not differ: refused with the changed key
     with pytest.raises(recipe.RecipeError, match=r"aepo.beta"):
