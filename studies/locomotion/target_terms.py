@@ -23,46 +23,22 @@ from pathlib import Path
 
 import torch
 
-from torchrl_aepo.aepo import (
-    AEPOConfig,
-    ModelConfig,
-    TrainConfig,
-    build_energy_loss,
-    build_losses,
-    build_networks,
-)
-from torchrl_aepo.data import get_task, make_offline_data
-from torchrl_aepo.objectives import PosteriorStatistics
+from studies.locomotion.runs import load_trained_run
+from torchrl_aepo.aepo import AEPOConfig, build_energy_loss
 
 TIMES = (0.01, 0.05, 0.2, 0.5, 0.8, 1.0)
 
 
-def _stage(run_dir: Path, name: str) -> dict:
-    path = run_dir / "checkpoints" / f"{name}.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the run has not finished its '{name}' stage.")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def target_terms(run_dir: Path, samples: int, seed: int = 0) -> dict:
-    critic_ckpt = _stage(run_dir, "critic")
-    config = json.loads(critic_ckpt["config"])
-    model = ModelConfig.from_dict(config["model"])
-    aepo = AEPOConfig.from_dict({k: v for k, v in config["aepo"].items() if k in
-                                 {f.name for f in AEPOConfig.__dataclass_fields__.values()}})  # fmt: skip
-    train = TrainConfig.from_dict(config["train"])
-    data, task = config["data"], config["task"]
-    rb, meta = make_offline_data(
-        get_task(task["name"]), root=data["root"], normalize_observations=bool(data["normalize_observations"]),
-        normalize_actions=bool(data["normalize_actions"]), reward_transform=data["reward_transform"],
-        build_if_missing=False,
-    )  # fmt: skip
-    nets = build_networks(model, meta.obs_dim, meta.action_dim)
-    losses = build_losses(nets, aepo, train)
-    losses.diffusion.load_state_dict(_stage(run_dir, "diffusion")["state"]["loss"])
-    losses.critic.load_state_dict(critic_ckpt["state"]["loss"])
-    nets.behaviour.load_state_dict(losses.diffusion.sampling_network().state_dict())
-    posterior = PosteriorStatistics.from_state_dict(_stage(run_dir, "gamma")["state"]["posterior"])
+    run = load_trained_run(run_dir)
+    nets, losses, aepo, posterior, rb = (
+        run.nets,
+        run.losses,
+        run.aepo,
+        run.posterior,
+        run.replay_buffer,
+    )
+    task = run.config["task"]
     g = torch.Generator().manual_seed(seed)
     batch = rb[:][torch.randint(len(rb), (samples,), generator=g)]
     obs, act = batch["observation"], batch["action"]

@@ -1,0 +1,111 @@
+"""The locomotion ladder table of docs/locomotion.md from the runs' results files.
+
+    python -m studies.locomotion.ladder_table SPEC.json [--root DIR] [--copy-to DIR] [--out FILE.md]
+
+``SPEC.json`` maps each dataset to the results files of its rows, relative to ``--root``::
+
+    {"halfcheetah-medium-replay-local": {
+        "aepo": "hc_mr_vw0/results.json",          # AEPO run: faithful, BC (w = 0), deployed
+        "iql": ["iql_hc_mr/results.json"],          # one or more IQL runs (their actor in "method")
+        "extra": {"label": "hc_mr_vw0/results.eval-....json"}}}   # optional eval_only files
+
+Every number is read from those files; nothing is chosen here. For the AEPO run the table shows
+the faithful policy (K = 1) at its reported ``aepo.guidance``, the behaviour model (w = 0, i.e.
+diffusion BC) and the deployed policy (``deploy.num_candidates`` critic-picked candidates) at
+the reported guidance and at the other degrees of ``deploy.guidance_sweep``. ``--copy-to``
+copies every file read (renamed ``<dataset>.<row>.json``) so the table can be rebuilt from the
+committed copies with ``--root`` pointing there and the spec's ``copied`` paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+
+def _score(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    return f"{entry['normalized_mean']:.1f} ± {entry['normalized_std']:.1f}"
+
+
+def _minutes(results: dict) -> float:
+    stages = results["timings"]["stages"]
+    seconds = sum(s["seconds"] for s in stages.values()) + results["timings"].get("eval_seconds", 0)
+    return seconds / 60.0
+
+
+def _deployed_at(results: dict, guidance: float) -> dict | None:
+    for entry in results.get("deployed_sweep") or []:
+        if entry["guidance"] == guidance:
+            return entry
+    deployed = results.get("deployed")
+    return deployed if deployed and deployed["guidance"] == guidance else None
+
+
+def build_table(spec: dict, root: Path, copy_to: Path | None = None) -> str:
+    """The markdown table (one row per dataset) and, below it, the wall times."""
+    rows, times, degrees = [], [], set()
+    loaded = {}
+    for dataset, entry in spec.items():
+        files = {"aepo": entry["aepo"], **{f"iql{i}": p for i, p in enumerate(entry["iql"])}}
+        files.update({f"extra-{k}": v for k, v in entry.get("extra", {}).items()})
+        loaded[dataset] = {}
+        for row, rel in files.items():
+            path = root / rel
+            loaded[dataset][row] = json.loads(path.read_text())
+            if copy_to is not None:
+                copy_to.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, copy_to / f"{dataset}.{row}.json")
+        for r in loaded[dataset]["aepo"].get("deployed_sweep") or []:
+            degrees.add(r["guidance"])
+    degrees = sorted(degrees)
+    iql_names = sorted(
+        {r["method"] for d in loaded.values() for k, r in d.items() if k.startswith("iql")}
+    )
+    header = (
+        ["dataset", "BC (w = 0)", "AEPO faithful"]
+        + [f"deployed w = {w:g}" for w in degrees]
+        + [f"IQL ({name.removeprefix('iql-')})" for name in iql_names]
+    )
+    rows.append("| " + " | ".join(header) + " |")
+    rows.append("|" + "---|" * len(header))
+    for dataset, runs in loaded.items():
+        aepo = runs["aepo"]
+        final = aepo["final"]
+        cells = [dataset, _score(aepo["behaviour"]), f"{_score(final)} (w = {final['guidance']:g})"]
+        cells += [_score(_deployed_at(aepo, w)) for w in degrees]
+        by_method = {r["method"]: r for k, r in runs.items() if k.startswith("iql")}
+        cells += [_score(by_method.get(name, {}).get("final")) for name in iql_names]
+        rows.append("| " + " | ".join(cells) + " |")
+        iql_minutes = ", ".join(
+            f"{r['method']} {_minutes(r):.1f}" for k, r in runs.items() if k.startswith("iql")
+        )
+        stages = ", ".join(
+            f"{name} {s['seconds'] / 60:.1f}" + (" (reused)" if s.get("skipped") else "")
+            for name, s in aepo["timings"]["stages"].items()
+        )
+        times.append(
+            f"- {dataset}: AEPO {_minutes(aepo):.1f} min ({stages}, eval "
+            f"{aepo['timings'].get('eval_seconds', 0) / 60:.1f}); IQL {iql_minutes} min"
+        )
+    return "\n".join(rows) + "\n\nWall time (minutes):\n\n" + "\n".join(times) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("--root", type=Path, default=Path("."))
+    parser.add_argument("--copy-to", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    table = build_table(json.loads(args.spec.read_text()), args.root, args.copy_to)
+    if args.out is not None:
+        args.out.write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
