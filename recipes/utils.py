@@ -616,7 +616,7 @@ def print_report(results: dict, table: str) -> None:
     print(
         f"  final policy  w={f['guidance']:g}: normalized score {f['normalized_mean']:.1f} ± "
         f"{f['normalized_std']:.1f}  (return {f['return_mean']:.1f} ± {f['return_std']:.1f}, "
-        f"{len(f['returns'])} episodes)"
+        f"{len(f['returns'])} {'seeds' if results.get('num_seeds') else 'episodes'})"
     )
     print(
         f"  behaviour     w=0: normalized score {b['normalized_mean']:.1f} ± "
