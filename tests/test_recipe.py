@@ -444,6 +444,11 @@ def test_num_seeds_trains_stacked_seeds_and_reports_each(recipe, data_root, tmp_
     assert on_disk["deployed"]["normalized_mean"] == pytest.approx(sum(deployed) / 2)
     # the members are different seeds: different trained weights
     assert on_disk["seeds"][0]["final"]["returns"] != on_disk["seeds"][1]["final"]["returns"]
+    from torchrl_aepo.report import load_runs  # the ablation report: one run per seed
+
+    runs = load_runs([run_dir])
+    assert [r.seed for r in runs] == [3, 4]
+    assert [r.final for r in runs] == [s["final"]["normalized_mean"] for s in on_disk["seeds"]]
 
 
 def test_num_seeds_resumes_after_a_stage(recipe, data_root, tmp_path):

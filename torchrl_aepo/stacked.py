@@ -19,9 +19,17 @@ is a :class:`~torchrl_aepo.trainer.Stage` for :class:`~torchrl_aepo.trainer.Offl
 ``N`` seeds: each member's generator draws its batch, diffusion times and noise, given to the
 loss as inputs.
 
-Scope (issue 16, item 4): the critic and diffusion stages are stacked; ``train.num_seeds`` is not
-a recipe option yet (missing: the stacked Gamma table and energy stage, one actor and one
-evaluation per member, per-seed scores in results.json).
+:func:`estimate_stacked_posterior_statistics` estimates every member's ``Gamma`` table from its
+(EMA) noise network (``StackedModule.member(k)``), and :class:`StackedEnergy` is the analytic
+energy stage (``AnalyticEnergyLoss``, Eqs. 25-26) of ``N`` seeds: stacked energy networks on the
+frozen stacked behaviour model and target critic, member ``k`` reading its own table
+(:class:`~torchrl_aepo.objectives.StackedPosteriorStatistics`), batch, times and noise.
+
+Scope: every stage of the staged plan with the expectile critic and the analytic energy is
+stacked; :class:`~torchrl_aepo.aepo.StackedTrainingPlan` assembles them for the recipe's
+``train.num_seeds=N`` (``recipes/multi_seed.py``), which then evaluates each member as an
+ordinary single-seed actor and reports per-seed scores and their mean ± std. Not stacked: the
+joint plan, the ablation critics and energies (support actions), gradient clipping.
 """
 
 from __future__ import annotations
