@@ -91,6 +91,11 @@ def _train(tmp_path, kill_at=None, steps=6, stage="critic"):
     if stage == "critic":
         qs, vs = _members(3)
         critic = StackedCritic(qs, vs, lr=1e-2, steps=steps, adam="loop", seeds=[10, 11, 12])
+    elif stage == "energy":
+        from torchrl_aepo.stacked import StackedEnergy
+
+        noises, qs, energies, stats, _ = _energy_members(3)
+        critic = StackedEnergy(energies, noises, qs, stats, lr=1e-2, steps=steps, adam="loop")
     else:
         torch.manual_seed(0)
         nets = [MLPNoisePredictor(ACT, OBS, num_cells=(8, 8)) for _ in range(3)]
@@ -118,7 +123,7 @@ def _train(tmp_path, kill_at=None, steps=6, stage="critic"):
     return critic
 
 
-@pytest.mark.parametrize("stage", ["critic", "diffusion"])
+@pytest.mark.parametrize("stage", ["critic", "diffusion", "energy"])
 def test_stacked_stage_checkpoints_and_resumes_exactly(tmp_path, stage):
     full = _train(tmp_path / "full", stage=stage)
     assert (tmp_path / "full" / "checkpoints" / f"{stage}.pt").exists()
