@@ -70,6 +70,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"{metadata.obs_dim}, action {metadata.action_dim} ({data_seconds:.1f} s)"
     )
     env = utils.make_env(cfg.eval, metadata, int(cfg.eval.num_envs), device) if main else None
+    if train_cfg.num_seeds > 1:  # several seeds at once, stacked: recipes/multi_seed.py
+        import multi_seed
+
+        return multi_seed.run(
+            cfg,
+            {"model_cfg": model_cfg, "aepo_cfg": aepo_cfg, "train_cfg": train_cfg,
+             "run_dir": run_dir, "device": device, "task": task, "metadata": metadata,
+             "replay_buffer": replay_buffer, "dataset": dataset, "env": env,
+             "data_seconds": data_seconds, "wall_start": wall_start},
+        )  # fmt: skip
 
     # 3. the algorithm: networks, losses, training plan, actor
     nets = aepo.build_networks(model_cfg, metadata.obs_dim, metadata.action_dim, device)

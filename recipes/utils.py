@@ -41,11 +41,28 @@ def algorithm_config(cfg: DictConfig) -> tuple[ModelConfig, AEPOConfig, TrainCon
     except (KeyError, TypeError) as err:
         raise RecipeError(str(err).strip("\"'")) from None
     problems = config_problems(*groups) + eval_problems(cfg.eval) + deploy_problems(cfg.deploy)
+    problems += num_seeds_problems(cfg, groups[2].num_seeds)
     if problems:
         raise RecipeError(
             f"{len(problems)} invalid setting(s), nothing was run:\n  " + "\n  ".join(problems)
         )
     return groups
+
+
+def num_seeds_problems(cfg: DictConfig, num_seeds: Any) -> list[str]:
+    """The run options ``train.num_seeds > 1`` does not support (beyond the ``model`` /
+    ``aepo`` / ``train`` ones of :func:`~torchrl_aepo.aepo.config_problems`)."""
+    if not isinstance(num_seeds, int) or num_seeds <= 1:
+        return []
+    out = []
+    suffix = f"with train.num_seeds={num_seeds}: not supported by the stacked seeds"
+    if bool(cfg.compile.enabled):
+        out.append(f"compile.enabled=true {suffix}; use compile.enabled=false")
+    if cfg.get("init_from") is not None:
+        out.append(f"init_from={cfg.init_from!r} {suffix}; use init_from=null")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        out.append(f"torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}) {suffix}; run one process")
+    return out
 
 
 def eval_problems(eval_cfg: DictConfig) -> list[str]:
@@ -129,6 +146,8 @@ ABLATION_KEYS = ("critic", "energy", "num_support", "isql_beta", "cql_alpha", "c
 #: ``aepo`` training keys added after runs existed, hashed only off these defaults so that
 #: those runs keep resuming (and ``init_from`` keeps reusing them).
 LATER_TRAINING_DEFAULTS = {"variance_weight": 1.0}
+#: ``train`` keys added after runs existed, hashed only off these defaults (as above).
+LATER_TRAIN_DEFAULTS = {"num_seeds": 1}
 
 
 def training_config(cfg: DictConfig) -> dict:
@@ -142,6 +161,9 @@ def training_config(cfg: DictConfig) -> dict:
     for key, default in LATER_TRAINING_DEFAULTS.items():
         if aepo.get(key) == default:
             del aepo[key]
+    for key, default in LATER_TRAIN_DEFAULTS.items():
+        if key in train and train[key] == default:
+            del train[key]
     if aepo.get("critic", "expectile") == "expectile" and aepo.get("energy", "analytic") == (
         "analytic"
     ):
@@ -594,7 +616,7 @@ def print_report(results: dict, table: str) -> None:
     print(
         f"  final policy  w={f['guidance']:g}: normalized score {f['normalized_mean']:.1f} ± "
         f"{f['normalized_std']:.1f}  (return {f['return_mean']:.1f} ± {f['return_std']:.1f}, "
-        f"{len(f['returns'])} episodes)"
+        f"{len(f['returns'])} {'seeds' if results.get('num_seeds') else 'episodes'})"
     )
     print(
         f"  behaviour     w=0: normalized score {b['normalized_mean']:.1f} ± "

@@ -115,3 +115,5 @@ def test_training_hash_covers_every_training_key_and_no_sampling_key():
     changed = utils.training_config(_compose(["aepo.variance_weight=0"]))
     assert changed["aepo"]["variance_weight"] == 0
     assert utils.training_config(_compose(["aepo.beta=1"]))["aepo"]["beta"] == 1
+    assert "num_seeds" not in base["train"]  # train.num_seeds=1 (default): the old hash
+    assert utils.training_config(_compose(["train.num_seeds=3"]))["train"]["num_seeds"] == 3

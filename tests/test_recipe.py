@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -413,3 +414,61 @@ def test_init_from_reuses_the_stages_whose_settings_are_unchanged(recipe, data_r
         )
     )
     assert [k for k, v in other["train"]["stages"].items() if v["skipped"]] == ["critic"]
+
+
+# ------------------------------------------------------------- train.num_seeds (stacked seeds)
+SEEDS = ["train.num_seeds=2", "train.eval_interval=0", "seed=3"]
+
+
+def _check_multi_seed_results(run_dir, results):
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    assert on_disk["num_seeds"] == 2 and [s["seed"] for s in on_disk["seeds"]] == [3, 4]
+    for key in ("final", "behaviour"):
+        means = [s[key]["normalized_mean"] for s in on_disk["seeds"]]
+        assert all(math.isfinite(m) for m in means)
+        assert on_disk[key]["normalized_mean"] == pytest.approx(sum(means) / 2)
+        assert on_disk[key]["normalized_std"] == pytest.approx(abs(means[0] - means[1]) / 2)
+        assert on_disk[key]["normalized_scores"] == pytest.approx(means)
+    assert results["final"]["normalized_mean"] == on_disk["final"]["normalized_mean"]
+    for seed in (3, 4):
+        assert (run_dir / f"actor_seed{seed}.pt").exists()
+    return on_disk
+
+
+def test_num_seeds_trains_stacked_seeds_and_reports_each(recipe, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    results = recipe.run(_cfg(data_root, run_dir, *SEEDS, "deploy.num_candidates=2"))
+    on_disk = _check_multi_seed_results(run_dir, results)
+    assert list(on_disk["timings"]["stages"]) == ["diffusion", "critic", "gamma", "energy"]
+    deployed = [s["deployed"]["normalized_mean"] for s in on_disk["seeds"]]
+    assert on_disk["deployed"]["normalized_mean"] == pytest.approx(sum(deployed) / 2)
+    # the members are different seeds: different trained weights
+    assert on_disk["seeds"][0]["final"]["returns"] != on_disk["seeds"][1]["final"]["returns"]
+    from torchrl_aepo.report import load_runs  # the ablation report: one run per seed
+
+    runs = load_runs([run_dir])
+    assert [r.seed for r in runs] == [3, 4]
+    assert [r.final for r in runs] == [s["final"]["normalized_mean"] for s in on_disk["seeds"]]
+
+
+def test_num_seeds_resumes_after_a_stage(recipe, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = recipe.run(_cfg(data_root, run_dir, *SEEDS, "train.stop_after_stage=critic"))
+    assert stopped["stopped_after"] == "critic"
+    assert (run_dir / "checkpoints" / "critic.pt").exists()
+    assert not (run_dir / "checkpoints" / "gamma.pt").exists()
+    results = recipe.run(_cfg(data_root, run_dir, *SEEDS))
+    stages = results["train"]["stages"]
+    assert stages["diffusion"]["skipped"] and stages["critic"]["skipped"]
+    assert stages["energy"]["steps_this_run"] == 30 and not stages["energy"]["skipped"]
+    _check_multi_seed_results(run_dir, results)
+
+
+def test_num_seeds_refuses_unsupported_settings_before_any_work(recipe, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(recipe.RecipeError) as err:
+        recipe.run(_cfg(data_root, run_dir, *SEEDS, "aepo.critic=cql", "train.grad_clip=1.0"))
+    message = str(err.value)
+    assert "aepo.critic='cql' with train.num_seeds=2" in message
+    assert "train.grad_clip=1.0 with train.num_seeds=2" in message
+    assert not run_dir.exists()

@@ -91,6 +91,11 @@ def _train(tmp_path, kill_at=None, steps=6, stage="critic"):
     if stage == "critic":
         qs, vs = _members(3)
         critic = StackedCritic(qs, vs, lr=1e-2, steps=steps, adam="loop", seeds=[10, 11, 12])
+    elif stage == "energy":
+        from torchrl_aepo.stacked import StackedEnergy
+
+        noises, qs, energies, stats, _ = _energy_members(3)
+        critic = StackedEnergy(energies, noises, qs, stats, lr=1e-2, steps=steps, adam="loop")
     else:
         torch.manual_seed(0)
         nets = [MLPNoisePredictor(ACT, OBS, num_cells=(8, 8)) for _ in range(3)]
@@ -118,7 +123,7 @@ def _train(tmp_path, kill_at=None, steps=6, stage="critic"):
     return critic
 
 
-@pytest.mark.parametrize("stage", ["critic", "diffusion"])
+@pytest.mark.parametrize("stage", ["critic", "diffusion", "energy"])
 def test_stacked_stage_checkpoints_and_resumes_exactly(tmp_path, stage):
     full = _train(tmp_path / "full", stage=stage)
     assert (tmp_path / "full" / "checkpoints" / f"{stage}.pt").exists()
@@ -180,3 +185,65 @@ def test_given_time_and_noise_leave_the_default_diffusion_loss_unchanged():
     given.set("diffusion_time", time)
     given.set("diffusion_noise", noise)
     torch.testing.assert_close(loss(given)["loss_diffusion"], drawn)
+
+
+def _energy_members(n):
+    from torchrl_aepo.nets import EnergyNetwork
+    from torchrl_aepo.objectives import PosteriorStatistics
+
+    torch.manual_seed(0)
+    noises = [MLPNoisePredictor(ACT, OBS, num_cells=(16, 16)) for _ in range(n)]
+    qs = [TwinQNetwork(OBS, ACT, num_cells=(16, 16)) for _ in range(n)]
+    energies = [EnergyNetwork(ACT, OBS, num_cells=(16, 16)) for _ in range(n)]
+    data = _dataset()
+    stats = [
+        PosteriorStatistics.estimate(
+            net, data["observation"], data["action"], num_times=8, samples_per_time=32,
+            generator=torch.Generator().manual_seed(k),
+        )
+        for k, net in enumerate(noises)
+    ]  # fmt: skip
+    return noises, qs, energies, stats, data
+
+
+def test_member_k_of_a_stacked_energy_matches_a_single_seed_run():
+    from torchrl_aepo.objectives import AnalyticEnergyLoss
+    from torchrl_aepo.stacked import StackedEnergy
+
+    n, k, steps, lr = 3, 1, 3, 1e-2
+    noises, qs, energies, stats, data = _energy_members(n)
+    single_energy = copy.deepcopy(energies[k])  # the same initial weights
+    stacked = StackedEnergy(
+        energies, noises, qs, stats, beta=2.0, lr=lr, steps=steps, adam="loop", seeds=[5, 6, 7]
+    )
+    loss = AnalyticEnergyLoss(single_energy, noises[k], qs[k], stats[k], beta=2.0)
+    optim = adam_step(loss, lr, steps, adam="loop")
+    for _ in range(steps):
+        batch = stacked.draw(data, 32)  # [n, 32] with each member's times and noise
+        per_member = stacked.update(batch)
+        out = loss(batch[k])  # the same transitions, times and noise as member k
+        optim(out["loss_energy"])
+        torch.testing.assert_close(
+            per_member["loss_energy"][k], out["loss_energy"].detach(), rtol=1e-5, atol=1e-5
+        )
+    member = stacked.energy.member(k)
+    for (key, p), (_, m) in zip(
+        single_energy.named_parameters(), member.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(m, p, rtol=1e-5, atol=1e-5, msg=key)
+    other = dict(stacked.energy.member(0).named_parameters())
+    assert not all(torch.allclose(other[key], p) for key, p in single_energy.named_parameters())
+    first = stacked.draw(data, 8)  # members draw different times
+    assert not torch.equal(first["energy_time"][0], first["energy_time"][1])
+
+
+def test_stacked_posterior_statistics_reads_each_members_table():
+    from torchrl_aepo.objectives import StackedPosteriorStatistics
+
+    _, _, _, stats, _ = _energy_members(2)
+    stacked = StackedPosteriorStatistics(stats)
+    t = torch.rand(2, 5, 1)
+    variance = stacked.variance(t)
+    for k in range(2):
+        torch.testing.assert_close(variance[k], stats[k].variance(t[k]))
+    assert stacked.v_max.shape == (2, 1, 1)

@@ -116,6 +116,37 @@ class RunRecord:
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: not a complete results.json ({err!r}).") from None
 
+    @classmethod
+    def from_multi_seed_results(cls, results: Mapping[str, Any], path: Path) -> list[RunRecord]:
+        """One record per seed of a ``train.num_seeds > 1`` results.json (its ``seeds`` list
+        holds each seed's ``final`` and ``guidance_sweep``; ``best`` is the seed's best degree)."""
+        try:
+            config = results.get("config") or {}
+            rescale = (config.get("aepo") or {}).get("rescale")
+            records = []
+            for entry in results["seeds"]:
+                sweep = {
+                    float(r["guidance"]): float(r["normalized_mean"])
+                    for r in entry.get("guidance_sweep", [])
+                }
+                final = float(entry["final"]["normalized_mean"])
+                records.append(
+                    cls(
+                        path=path,
+                        task=str(results["task"]),
+                        method=str(results.get("method") or method_name(config)),
+                        seed=int(entry["seed"]),
+                        final=final,
+                        best=max(sweep.values(), default=final),
+                        rescale=None if rescale is None else bool(rescale),
+                        base_method=method_name(config),
+                        sweep=sweep,
+                    )
+                )
+            return records
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: not a complete multi-seed results.json ({err!r}).") from None
+
 
 def find_results(paths: Iterable[str | Path]) -> list[Path]:
     """Every ``results.json`` under ``paths`` (directories searched recursively), sorted."""
@@ -135,7 +166,14 @@ def load_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
     files = find_results(paths)
     if not files:
         raise FileNotFoundError(f"no results.json under {[str(p) for p in paths]}.")
-    return [RunRecord.from_results(json.loads(f.read_text()), f) for f in files]
+    runs = []
+    for f in files:
+        results = json.loads(f.read_text())
+        if isinstance(results.get("seeds"), list):  # train.num_seeds > 1: one run per seed
+            runs.extend(RunRecord.from_multi_seed_results(results, f))
+        else:
+            runs.append(RunRecord.from_results(results, f))
+    return runs
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -19,9 +19,17 @@ is a :class:`~torchrl_aepo.trainer.Stage` for :class:`~torchrl_aepo.trainer.Offl
 ``N`` seeds: each member's generator draws its batch, diffusion times and noise, given to the
 loss as inputs.
 
-Scope (issue 16, item 4): the critic and diffusion stages are stacked; ``train.num_seeds`` is not
-a recipe option yet (missing: the stacked Gamma table and energy stage, one actor and one
-evaluation per member, per-seed scores in results.json).
+:func:`estimate_stacked_posterior_statistics` estimates every member's ``Gamma`` table from its
+(EMA) noise network (``StackedModule.member(k)``), and :class:`StackedEnergy` is the analytic
+energy stage (``AnalyticEnergyLoss``, Eqs. 25-26) of ``N`` seeds: stacked energy networks on the
+frozen stacked behaviour model and target critic, member ``k`` reading its own table
+(:class:`~torchrl_aepo.objectives.StackedPosteriorStatistics`), batch, times and noise.
+
+Scope: every stage of the staged plan with the expectile critic and the analytic energy is
+stacked; :class:`~torchrl_aepo.aepo.StackedTrainingPlan` assembles them for the recipe's
+``train.num_seeds=N`` (``recipes/multi_seed.py``), which then evaluates each member as an
+ordinary single-seed actor and reports per-seed scores and their mean ± std. Not stacked: the
+joint plan, the ablation critics and energies (support actions), gradient clipping.
 """
 
 from __future__ import annotations
@@ -37,7 +45,15 @@ from torchrl.objectives import SoftUpdate
 
 from torchrl_aepo.trainer import GeneratorState, OptimizerStep, Stage, adam_step
 
-__all__ = ["StackedModule", "StackedCritic", "StackedDiffusion", "sample_stacked"]
+__all__ = [
+    "StackedModule",
+    "StackedCritic",
+    "StackedDiffusion",
+    "StackedEnergy",
+    "estimate_stacked_posterior_statistics",
+    "member_tensors",
+    "sample_stacked",
+]
 
 
 class StackedModule(nn.Module):
@@ -282,3 +298,176 @@ class StackedDiffusion:
             return state
 
         return Stage("diffusion", int(total_steps), step, stateful, batch_size=None)
+
+
+def member_tensors(stacked: StackedModule, tensors: TensorDictBase, k: int) -> TensorDictBase:
+    """Member ``k``'s slice of ``tensors``, a TensorDict keyed like ``stacked``'s own tensors
+    (e.g. a loss's ``target_*_params`` over a :class:`StackedModule`), nested like the single
+    network's parameters, so that it can update a single-seed loss's target parameters."""
+    flat = tensors.flatten_keys(".")
+    return TensorDict(
+        {key: flat[mangled][k].detach().clone() for key, mangled in stacked._names},
+        batch_size=[],
+    ).unflatten_keys(".")
+
+
+def estimate_stacked_posterior_statistics(
+    behaviour: StackedModule,
+    dataset: TensorDictBase,
+    generators: Sequence[torch.Generator],
+    **estimate_kwargs: Any,
+) -> Any:
+    """The ``Gamma`` / Posterior-2 tables of every member of a stacked (EMA) noise network.
+
+    Member ``k``'s table is :meth:`~torchrl_aepo.objectives.PosteriorStatistics.estimate` of
+    ``behaviour.member(k)`` on ``dataset``'s ``(s, a)`` pairs with ``generators[k]``, exactly
+    what a single-seed run with that network and generator estimates. ``estimate_kwargs``:
+    ``schedule``, ``num_times``, ``samples_per_time``, ``batch_size``.
+    """
+    from torchrl_aepo.objectives import PosteriorStatistics, StackedPosteriorStatistics
+
+    if len(generators) != behaviour.num_members:
+        raise ValueError(f"{len(generators)} generators for {behaviour.num_members} members.")
+    members = [
+        PosteriorStatistics.estimate(
+            behaviour.member(k),
+            dataset["observation"],
+            dataset["action"],
+            generator=g,
+            **estimate_kwargs,
+        )
+        for k, g in enumerate(generators)
+    ]
+    return StackedPosteriorStatistics(members)
+
+
+class StackedEnergy:
+    """The analytic energy stage (``AnalyticEnergyLoss``, Eqs. 25-26) of ``N`` seeds at once.
+
+    One :class:`~torchrl_aepo.objectives.AnalyticEnergyLoss` with ``reduction="none"`` on a
+    :class:`StackedModule` of the ``N`` energy networks, with the frozen stacked noise network
+    (the members' behaviour models), the frozen stacked critic (the members' target twin Q)
+    and a :class:`~torchrl_aepo.objectives.StackedPosteriorStatistics` (member ``k``'s
+    ``Gamma`` table for row ``k``). The per-member means are summed, so member ``k``'s
+    gradient is exactly its own loss's; one Adam (elementwise, hence independent per member).
+    Each member's generator draws its batch indices, diffusion times and noise (given to the
+    loss as ``energy_time`` / ``energy_noise``).
+
+    Args:
+        energy_networks: the ``N`` energy networks (member ``k``'s initial weights).
+        noise_network: the frozen behaviour noise networks: a :class:`StackedModule` (e.g.
+            ``StackedDiffusion.loss.sampling_network()``) or a sequence of ``N`` networks.
+        qvalue_network: the frozen critics: a stacked module (e.g.
+            ``StackedCritic.loss.target_qvalue_network()``) or ``N`` networks.
+        posterior_statistics: a ``StackedPosteriorStatistics`` or ``N`` ``PosteriorStatistics``.
+        value_network: with ``energy_baseline="value"``: the stacked value networks (the
+            critic is then ``Q - V``, as :class:`~torchrl_aepo.aepo.AdvantageCritic`).
+        beta / posterior / clip_posterior_mean / variance_weight: ``AnalyticEnergyLoss``'s.
+        lr / steps / adam / lr_schedule: as in :func:`~torchrl_aepo.trainer.adam_step`.
+        seeds: the members' generator seeds (default ``0..N-1``).
+    """
+
+    def __init__(
+        self,
+        energy_networks: Sequence[nn.Module],
+        noise_network: nn.Module | Sequence[nn.Module],
+        qvalue_network: nn.Module | Sequence[nn.Module],
+        posterior_statistics: Any,
+        *,
+        value_network: nn.Module | Sequence[nn.Module] | None = None,
+        beta: float = 3.0,
+        posterior: int = 1,
+        clip_posterior_mean: tuple[float, float] | None = (-1.0, 1.0),
+        variance_weight: float = 1.0,
+        lr: float = 3e-4,
+        steps: int = 1,
+        adam: str = "fused",
+        lr_schedule: str = "constant",
+        seeds: Sequence[int] | None = None,
+    ) -> None:
+        from torchrl_aepo.objectives import (
+            AnalyticEnergyLoss,
+            StackedPosteriorStatistics,
+            frozen_view,
+        )
+
+        self.num_members = len(energy_networks)
+        seeds = list(range(self.num_members)) if seeds is None else list(seeds)
+        if len(seeds) != self.num_members:
+            raise ValueError(f"{len(seeds)} seeds for {self.num_members} members.")
+        self.energy = StackedModule(energy_networks)
+        noise, qvalue = _as_stacked(noise_network), _as_stacked(qvalue_network)
+        if not isinstance(posterior_statistics, StackedPosteriorStatistics):
+            posterior_statistics = StackedPosteriorStatistics(list(posterior_statistics))
+        for name, part in (
+            ("noise", noise),
+            ("qvalue", qvalue),
+            ("posterior", posterior_statistics),
+        ):
+            count = getattr(part, "num_members", self.num_members)
+            if count != self.num_members:
+                raise ValueError(f"{self.num_members} energy networks but {count} {name} members.")
+        critic = qvalue
+        if value_network is not None:
+            from torchrl_aepo.aepo.build import AdvantageCritic
+
+            critic = AdvantageCritic(qvalue, frozen_view(_as_stacked(value_network)))
+        self.loss = AnalyticEnergyLoss(
+            self.energy,
+            noise,
+            critic,
+            posterior_statistics,
+            beta=beta,
+            posterior=posterior,
+            clip_posterior_mean=clip_posterior_mean,
+            variance_weight=variance_weight,
+            reduction="none",
+        )
+        self.optim: OptimizerStep = adam_step(
+            self.loss, lr, steps, adam=adam, lr_schedule=lr_schedule,
+            name="loss_energy (stacked)",
+        )  # fmt: skip
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def draw(self, dataset: TensorDictBase, batch_size: int) -> TensorDictBase:
+        """``[N, batch_size]`` transitions with each member's times and noise, all drawn with
+        the member's generator (indices, then times, then noise)."""
+        n, rows = dataset.shape[0], []
+        action_dim = dataset["action"].shape[-1]
+        keys = self.loss.tensor_keys
+        for g in self.generators:
+            index = torch.randint(n, (batch_size,), generator=g)
+            time = self.loss.schedule.sample_time((batch_size, 1), generator=g)
+            noise = torch.randn(batch_size, action_dim, generator=g)
+            row = dataset[index.to(dataset.device)].clone(False)
+            row.set(keys.time, time.to(dataset.device))
+            row.set(keys.noise, noise.to(dataset.device))
+            rows.append(row)
+        return torch.stack(rows)
+
+    def update(self, batch: TensorDictBase) -> dict[str, Tensor]:
+        """One Adam step of every member on ``batch`` (``[N, B]``): ``loss_energy`` ``[N]`` per
+        member and the loss's diagnostics (scalars over all members)."""
+        out = self.loss(batch)
+        per_member = out["loss_energy"].reshape(self.num_members, -1).mean(-1)
+        self.optim(per_member.sum())
+        metrics = {k: v.detach() for k, v in out.items() if k != "loss_energy" and v.numel() == 1}
+        return {"loss_energy": per_member.detach(), **metrics}
+
+    def stage(self, dataset: TensorDictBase, total_steps: int, batch_size: int) -> Stage:
+        """A trainer stage (named ``"energy"``) drawing with the members' generators."""
+
+        def step(_batch: None, _step: int) -> Mapping[str, Tensor]:
+            return {k: v.mean() for k, v in self.update(self.draw(dataset, batch_size)).items()}
+
+        def stateful() -> dict[str, Any]:
+            state: dict[str, Any] = {"loss": self.loss, "optim": self.optim}
+            for k, g in enumerate(self.generators):
+                state[f"rng_member{k}"] = GeneratorState(g)
+            return state
+
+        return Stage("energy", int(total_steps), step, stateful, batch_size=None)
+
+
+def _as_stacked(module: nn.Module | Sequence[nn.Module]) -> nn.Module:
+    return StackedModule(list(module)) if isinstance(module, (list, tuple)) else module

@@ -20,7 +20,10 @@ three modules: :mod:`.config`, :mod:`.build` and :mod:`.plan`.
   ties the stages together: the (EMA) weights of the noise network are copied into the
   behaviour network (:meth:`TrainingPlan.sync_behaviour`) before the ``Gamma`` table, the
   energy target or an evaluation use it. It also builds the energy loss late, once the
-  critic and the table exist.
+  critic and the table exist;
+* :class:`StackedTrainingPlan` (:mod:`.stacked_plan`, ``train.num_seeds > 1``): the staged
+  plan of several seeds at once on stacked networks, and each member as an ordinary
+  single-seed network set for the actor and the evaluation.
 
 Example (the whole algorithm in a few lines, no hydra):
     >>> import tempfile
@@ -66,8 +69,10 @@ from torchrl_aepo.aepo.config import (
     SupportsStageConfig,
     TrainConfig,
     config_problems,
+    num_seeds_problems,
 )
 from torchrl_aepo.aepo.plan import TrainingPlan, build_training_plan
+from torchrl_aepo.aepo.stacked_plan import StackedTrainingPlan
 
 __all__ = [
     "AEPOConfig",
@@ -85,6 +90,7 @@ __all__ = [
     "SolverConfig",
     "TrainConfig",
     "TrainingPlan",
+    "StackedTrainingPlan",
     "build_actor",
     "build_critic_loss",
     "build_energy_loss",
@@ -92,5 +98,6 @@ __all__ = [
     "build_networks",
     "build_training_plan",
     "config_problems",
+    "num_seeds_problems",
     "estimate_posterior_statistics",
 ]

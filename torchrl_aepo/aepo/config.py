@@ -378,6 +378,10 @@ class TrainConfig(_Config):
         log_interval / checkpoint_interval: trainer intervals (steps).
         eval_interval / eval_episodes: evaluation during the last stage (``0``: off).
         stop_after_stage: checkpoint and stop after this stage.
+        num_seeds: train this many independent seeds (``seed``, ``seed + 1``, ...) at once,
+            with stacked networks (:mod:`torchrl_aepo.stacked`); ``1``: the single-seed run.
+            Above 1 only the staged plan of the expectile critic and the analytic energy,
+            without gradient clipping or evaluations during training.
     """
 
     _group = "train."
@@ -396,6 +400,7 @@ class TrainConfig(_Config):
     eval_interval: int = 0
     eval_episodes: int = 5
     stop_after_stage: str | None = None
+    num_seeds: int = 1
 
     @classmethod
     def budget(cls, steps: int, batch_size: int, **kwargs: Any) -> TrainConfig:
@@ -458,6 +463,12 @@ class TrainConfig(_Config):
             not isinstance(self.eval_episodes, int) or self.eval_episodes < 1
         ):
             out.append(f"{prefix}eval_episodes={self.eval_episodes!r}: must be >= 1")
+        if (
+            not isinstance(self.num_seeds, int)
+            or isinstance(self.num_seeds, bool)
+            or (self.num_seeds < 1)
+        ):
+            out.append(f"{prefix}num_seeds={self.num_seeds!r}: must be a positive integer")
         if self.stop_after_stage is not None and self.stop_after_stage not in self.stage_names():
             out.append(
                 f"{prefix}stop_after_stage={self.stop_after_stage!r}: use one of "
@@ -475,6 +486,7 @@ def config_problems(model: ModelConfig, aepo: AEPOConfig, train: TrainConfig) ->
             "only the expectile critic and the analytic energy (the ablations need the trained "
             "behaviour model first); use train.plan=staged"
         )
+    out += num_seeds_problems(aepo, train)
     stop = train.stop_after_stage
     if train.plan == "staged" and stop in ALL_STAGED and stop not in train.stage_names(aepo):
         out.append(
@@ -482,3 +494,23 @@ def config_problems(model: ModelConfig, aepo: AEPOConfig, train: TrainConfig) ->
             f"{list(train.stage_names(aepo))}"
         )
     return out
+
+
+def num_seeds_problems(aepo: AEPOConfig, train: TrainConfig) -> list[str]:
+    """The settings ``train.num_seeds > 1`` (stacked seeds) does not support, each named."""
+    n = train.num_seeds
+    if not isinstance(n, int) or n <= 1:
+        return []
+    unsupported = {
+        "aepo.critic": (aepo.critic, "expectile"),
+        "aepo.energy": (aepo.energy, "analytic"),
+        "train.plan": (train.plan, "staged"),
+        "train.grad_clip": (train.grad_clip, None),
+        "train.eval_interval": (train.eval_interval, 0),
+    }
+    return [
+        f"{key}={value!r} with train.num_seeds={n}: the stacked seeds support only "
+        f"{key}={needed!r} (or use train.num_seeds=1, or a multirun over seed=...)"
+        for key, (value, needed) in unsupported.items()
+        if value != needed
+    ]

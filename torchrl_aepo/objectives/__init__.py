@@ -16,7 +16,7 @@ from torchrl_aepo.objectives.energy_baselines import (
 )
 from torchrl_aepo.objectives.expectile import ExpectileLoss
 from torchrl_aepo.objectives.isql import ISQLLoss, SupportCriticLoss
-from torchrl_aepo.objectives.posterior import PosteriorStatistics
+from torchrl_aepo.objectives.posterior import PosteriorStatistics, StackedPosteriorStatistics
 
 __all__ = [
     "DiffusionLoss",
@@ -25,6 +25,7 @@ __all__ = [
     "CQLCriticLoss",
     "SupportCriticLoss",
     "PosteriorStatistics",
+    "StackedPosteriorStatistics",
     "EnergyLossBase",
     "TargetRegressionEnergyLoss",
     "AnalyticEnergyLoss",

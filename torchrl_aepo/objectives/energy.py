@@ -31,7 +31,7 @@ from torchrl.objectives.utils import _reduce
 from torchrl_aepo.autograd import value_and_input_gradient
 from torchrl_aepo.diffusion.schedule import VPSchedule
 from torchrl_aepo.objectives.common import check_loss_options, frozen_view, get_input, unwrap_module
-from torchrl_aepo.objectives.posterior import PosteriorStatistics
+from torchrl_aepo.objectives.posterior import PosteriorStatistics, StackedPosteriorStatistics
 
 __all__ = ["EnergyLossBase", "TargetRegressionEnergyLoss", "AnalyticEnergyLoss"]
 
@@ -61,7 +61,9 @@ class EnergyLossBase(LossModule):
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample losses ``[*B]``).
 
     Input keys (``set_keys``): ``observation`` ``[*B, s]``, ``action`` ``[*B, d]`` (clean
-    dataset action ``a_0``).
+    dataset action ``a_0``); the regression losses (:class:`TargetRegressionEnergyLoss`) also
+    read the optional ``time`` ``[*B, 1]`` and ``noise`` ``[*B, d]`` (``"energy_time"`` /
+    ``"energy_noise"``) instead of drawing them from torch's global generator.
     """
 
     @dataclass
@@ -71,10 +73,14 @@ class EnergyLossBase(LossModule):
         Attributes:
             observation: conditioning state. Defaults to ``"observation"``.
             action: clean dataset action ``a_0``. Defaults to ``"action"``.
+            time: optional given diffusion times ``[*B, 1]``. Defaults to ``"energy_time"``.
+            noise: optional given noise ``eps`` ``[*B, d]``. Defaults to ``"energy_noise"``.
         """
 
         observation: NestedKey = "observation"
         action: NestedKey = "action"
+        time: NestedKey = "energy_time"
+        noise: NestedKey = "energy_noise"
 
     default_keys = _AcceptedKeys
     energy_network: nn.Module
@@ -131,6 +137,20 @@ class EnergyLossBase(LossModule):
             (*action.shape[:-1], 1), device=action.device, dtype=action.dtype
         )
         return time, torch.randn_like(action)
+
+    def _given_or_sampled_time_and_noise(
+        self, tensordict: TensorDictBase, action: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The batch's ``time`` / ``noise`` entries when present (e.g. drawn by the per-member
+        generators of :class:`~torchrl_aepo.stacked.StackedEnergy`), else
+        :meth:`_sample_time_and_noise` (torch's global generator, as without them)."""
+        time = tensordict.get(self.tensor_keys.time, None)
+        noise = tensordict.get(self.tensor_keys.noise, None)
+        if time is None or noise is None:
+            sampled_time, sampled_noise = self._sample_time_and_noise(action)
+            time = sampled_time if time is None else time
+            noise = sampled_noise if noise is None else noise
+        return time, noise
 
     def _critic_value_and_grad(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """Frozen ``Q(s, a) = min_i Q_i(s, a)`` ``[*B, 1]`` and ``grad_a Q`` ``[*B, d]``, detached.
@@ -221,7 +241,7 @@ class TargetRegressionEnergyLoss(EnergyLossBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         """Compute ``loss_energy`` and diagnostics on a batch of ``(observation, action)``."""
         observation, action = self._read_batch(tensordict)
-        time, noise = self._sample_time_and_noise(action)
+        time, noise = self._given_or_sampled_time_and_noise(tensordict, action)
         with torch.no_grad():
             target = self._target(observation, action, time, noise)
         per_sample, energy = self._regress(observation, target["noisy_action"], time, target["y"])
@@ -260,7 +280,8 @@ class AnalyticEnergyLoss(TargetRegressionEnergyLoss):
         qvalue_network: the frozen twin critic (e.g. ``ExpectileLoss.target_qvalue_network()``).
         posterior_statistics: the ``Gamma`` / Posterior-2 tables of ``noise_network``
             (:meth:`PosteriorStatistics.estimate`); refresh with
-            :meth:`update_posterior_statistics`.
+            :meth:`update_posterior_statistics`. For stacked networks of several seeds
+            (batches ``[N, B]``), a :class:`StackedPosteriorStatistics` of their tables.
 
     Keyword Args:
         beta: inverse temperature. Defaults to 3.
@@ -297,7 +318,7 @@ class AnalyticEnergyLoss(TargetRegressionEnergyLoss):
         ['energy_mean', 'loss_energy', 'mean_clip_fraction']
     """
 
-    posterior_statistics: PosteriorStatistics
+    posterior_statistics: PosteriorStatistics | StackedPosteriorStatistics
 
     def __init__(
         self,
@@ -313,7 +334,7 @@ class AnalyticEnergyLoss(TargetRegressionEnergyLoss):
         variance_weight: float = 1.0,
         reduction: str = "mean",
     ) -> None:
-        if not isinstance(posterior_statistics, PosteriorStatistics):
+        if not isinstance(posterior_statistics, (PosteriorStatistics, StackedPosteriorStatistics)):
             raise TypeError(
                 "posterior_statistics must be a PosteriorStatistics (PosteriorStatistics."
                 f"estimate(...)), got {type(posterior_statistics)}."

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torchrl_aepo.diffusion.schedule import VPSchedule
 from torchrl_aepo.objectives.common import unwrap_module
 
-__all__ = ["PosteriorStatistics"]
+__all__ = ["PosteriorStatistics", "StackedPosteriorStatistics"]
 
 _ESTIMATORS = ("control_variate", "literal")
 
@@ -388,4 +388,52 @@ class PosteriorStatistics(nn.Module):
         return (
             f"num_times={self.num_times}, estimator={self.estimator!r}, "
             f"v_max={self.v_max.item():.4g}, samples_per_time={self.samples_per_time}"
+        )
+
+
+class StackedPosteriorStatistics(nn.Module):
+    """The :class:`PosteriorStatistics` of ``N`` independently trained noise networks, for the
+    stacked energy stage of several seeds (:class:`~torchrl_aepo.stacked.StackedEnergy`).
+
+    :meth:`variance` takes times ``[N, *B, 1]`` and reads member ``k``'s tables for row ``k``;
+    :attr:`v_max` is ``[N, 1, 1]`` (member ``k``'s clamp, broadcasting over ``[N, B, 1]``
+    batches). :class:`~torchrl_aepo.objectives.AnalyticEnergyLoss` accepts it in place of one
+    table. All members must share one schedule.
+
+    Args:
+        members: the ``N`` members' statistics (e.g. ``PosteriorStatistics.estimate`` of each
+            member's noise network).
+    """
+
+    def __init__(self, members: list[PosteriorStatistics]) -> None:
+        super().__init__()
+        if len(members) < 1 or not all(isinstance(m, PosteriorStatistics) for m in members):
+            raise TypeError("StackedPosteriorStatistics needs one or more PosteriorStatistics.")
+        schedules = {tuple(sorted(m.schedule.state_dict().items())) for m in members}
+        if len(schedules) != 1:
+            raise ValueError("the members' PosteriorStatistics use different schedules.")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def num_members(self) -> int:
+        return len(self.members)
+
+    @property
+    def schedule(self) -> VPSchedule:
+        return self.members[0].schedule
+
+    @property
+    def v_max(self) -> Tensor:
+        """Member ``k``'s variance clamp at row ``k``, ``[N, 1, 1]``."""
+        return torch.stack([m.v_max for m in self.members]).reshape(-1, 1, 1)
+
+    def variance(self, t: Tensor, posterior: int = 1, *, clamp: bool = True) -> Tensor:
+        """``sigma^2_{0|t}`` of member ``k`` at ``t[k]``; ``t`` is ``[N, *B, 1]``."""
+        if t.shape[0] != self.num_members:
+            raise ValueError(
+                f"StackedPosteriorStatistics of {self.num_members} members: times must have a "
+                f"leading member dimension, got shape {tuple(t.shape)}."
+            )
+        return torch.stack(
+            [m.variance(t[k], posterior, clamp=clamp) for k, m in enumerate(self.members)]
         )
