@@ -143,8 +143,9 @@ SAMPLING_KEYS = ("guidance", "rescale", "num_candidates", "selection", "solver")
 #: ``aepo`` keys of the paper's ablations: hashed only when the critic or energy is not AEPO's.
 ABLATION_KEYS = ("critic", "energy", "num_support", "isql_beta", "cql_alpha", "cql_num_random",
                  "cql_temperature")  # fmt: skip
-#: ``aepo`` training keys added after runs existed, hashed only off these defaults so that
-#: those runs keep resuming (and ``init_from`` keeps reusing them).
+#: ``aepo`` training keys added after runs existed, with the value those runs were trained
+#: with: hashed only off it, so that those runs keep resuming (``init_from`` reusing them)
+#: when that value is given (e.g. ``aepo.variance_weight=1``).
 LATER_TRAINING_DEFAULTS = {"variance_weight": 1.0}
 #: ``train`` keys added after runs existed, hashed only off these defaults (as above).
 LATER_TRAIN_DEFAULTS = {"num_seeds": 1}

@@ -169,6 +169,7 @@ def test_each_ablation_is_one_override():
         "posterior2": {"posterior": 2}, "cql": {"critic": "cql"}, "isql": {"critic": "isql"},
         "qgpo": {"critic": "isql", "energy": "cep"}, "mse": {"energy": "mse"},
         "dps": {"energy": "dps"}, "cep": {"energy": "cep"}, "no_rescale": {"rescale": False},
+        "paper_energy": {"energy_baseline": "none", "variance_weight": 1.0},
     }  # fmt: skip
     for name, keys in expected.items():
         cfg = _compose(f"ablation={name}")

@@ -110,10 +110,11 @@ def test_training_hash_covers_every_training_key_and_no_sampling_key():
     for override in ("aepo.guidance=3", "aepo.rescale=false", "aepo.num_candidates=4",
                      "aepo.solver.steps=5", "deploy.num_candidates=16"):  # fmt: skip
         assert utils.training_config(_compose([override])) == base, override
-    # a training key changes the hash; one added later only off its default (old runs resume)
-    assert "variance_weight" not in base["aepo"]
-    changed = utils.training_config(_compose(["aepo.variance_weight=0"]))
-    assert changed["aepo"]["variance_weight"] == 0
+    # a training key changes the hash; one added later only off the value older runs had
+    # (variance_weight: 1, Eq. 25), so those runs resume with aepo.variance_weight=1
+    assert base["aepo"]["variance_weight"] == 0
+    paper = utils.training_config(_compose(["aepo.variance_weight=1"]))
+    assert "variance_weight" not in paper["aepo"]
     assert utils.training_config(_compose(["aepo.beta=1"]))["aepo"]["beta"] == 1
     assert "num_seeds" not in base["train"]  # train.num_seeds=1 (default): the old hash
     assert utils.training_config(_compose(["train.num_seeds=3"]))["train"]["num_seeds"] == 3

@@ -55,13 +55,18 @@ def method_name(config: Mapping[str, Any]) -> str:
     """The paper's name of the method a run's config trains.
 
     ``critic=isql, energy=cep`` is ``"QGPO"``; otherwise ``"AEPO"`` with a suffix per
-    ablation: ``-Posterior-2``, ``-CQL`` / ``-ISQL``, ``-MSE`` / ``-DPS`` / ``-CEP``. The
-    guidance degree and the rescale switch are evaluation settings and not part of the name.
+    ablation: ``-Posterior-2``, ``-CQL`` / ``-ISQL``, ``-MSE`` / ``-DPS`` / ``-CEP``, and for the
+    analytic energy ``-paper-energy`` (``energy_baseline=none`` with ``variance_weight=1``,
+    Eq. 25 literally) or ``-variance-<w>`` (another non-zero ``variance_weight``; configs
+    written before that key existed carry no suffix). The guidance degree and the rescale
+    switch are evaluation settings and not part of the name.
 
     >>> method_name({"aepo": {"critic": "cql"}}), method_name({"aepo": {"posterior": 2}})
     ('AEPO-CQL', 'AEPO-Posterior-2')
     >>> method_name({"aepo": {"critic": "isql", "energy": "cep"}})
     'QGPO'
+    >>> method_name({"aepo": {"energy_baseline": "none", "variance_weight": 1.0}})
+    'AEPO-paper-energy'
     """
     aepo = dict(config.get("aepo") or {})
     critic = aepo.get("critic", "expectile")
@@ -75,6 +80,10 @@ def method_name(config: Mapping[str, Any]) -> str:
         name += f"-{critic.upper()}"
     if energy != "analytic":
         name += f"-{_ENERGY_LABELS.get(energy, energy)}"
+    elif aepo.get("variance_weight") is not None and float(aepo["variance_weight"]) != 0.0:
+        weight = float(aepo["variance_weight"])
+        paper = weight == 1.0 and aepo.get("energy_baseline") == "none"
+        name += "-paper-energy" if paper else f"-variance-{weight:g}"
     return name
 
 

@@ -169,7 +169,7 @@ class SolverConfig(_Config):
 @dataclass(frozen=True)
 class AEPOConfig(_Config):
     """AEPO's hyperparameters (the ``aepo`` group); defaults are the paper's except
-    ``energy_baseline`` and the sampler (see :class:`SolverConfig`).
+    ``energy_baseline``, ``variance_weight`` and the sampler (see :class:`SolverConfig`).
 
     Attributes:
         beta: inverse temperature of ``pi ∝ mu exp(beta Q)``.
@@ -178,7 +178,9 @@ class AEPOConfig(_Config):
         posterior: ``1`` (``Gamma`` table, Eq. 22) or ``2`` (Eq. 24) for ``sigma^2_{0|t}``.
         clip_posterior_mean: box for ``mu_{0|t}`` in the energy target, or ``None``.
         variance_weight: weight in ``[0, 1]`` of the target's second-order term
-            ``(beta^2/2) sigma^2_{0|t} ||g||^2`` (``1``: Eq. 25, the paper's).
+            ``(beta^2/2) sigma^2_{0|t} ||g||^2``: ``0`` (default, a deviation: on locomotion
+            data that term dwarfs the advantage signal and collapses the policy) or ``1``
+            (Eq. 25, the paper's).
         energy_baseline: ``"value"`` (default) regresses ``beta (Q - V(s))``, which has the
             same action gradient as ``beta Q``; ``"none"`` regresses ``beta Q``, the paper's
             literal form (a deviation we make by default: the network otherwise has to fit
@@ -205,7 +207,7 @@ class AEPOConfig(_Config):
     discount: float = 0.99
     posterior: int = 1
     clip_posterior_mean: tuple[float, float] | None = (-1.0, 1.0)
-    variance_weight: float = 1.0
+    variance_weight: float = 0.0
     energy_baseline: Literal["none", "value"] = "value"
     guidance: float = 1.0
     rescale: bool = True
