@@ -91,6 +91,7 @@ def test_snapshot_is_isolated_from_later_training(env):
     assert not _same(result, guidance_sweep(actor, env, [1.0], **KWARGS)[0])
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_one_in_flight_and_errors_come_back(env):
     actor = _actor()
     background = BackgroundEvaluation(actor, env, guidance=1.0, **KWARGS)
@@ -109,6 +110,19 @@ def test_one_in_flight_and_errors_come_back(env):
             broken.drain()
     finally:
         broken.close()
+    # weights that do not fit the copy: the evaluator's own thread dies; an error, not a hang
+    other = AEPOActor(
+        MLPNoisePredictor(1, 3, num_cells=(8,)),
+        EnergyNetwork(1, 3, num_cells=(8,)),
+        action_spec=(torch.tensor([-2.0]), torch.tensor([2.0])),
+    )
+    mismatch = BackgroundEvaluation(actor, env, guidance=1.0, **KWARGS)
+    try:
+        mismatch.submit(other, 6)
+        with pytest.raises(RuntimeError, match="stopped before returning the evaluation of step 6"):
+            mismatch.drain()
+    finally:
+        mismatch.close()
 
 
 def test_late_scalars_reach_the_logger_on_their_channel(tmp_path):

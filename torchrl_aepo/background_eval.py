@@ -238,10 +238,29 @@ class BackgroundEvaluation:
         """Stop the evaluator's thread (after :meth:`drain`; the env stays open)."""
         self.evaluator.shutdown()
 
+    def _wait_one(self) -> dict[str, Any]:
+        while True:
+            raw = self.evaluator.wait(timeout=1.0)
+            if raw is not None:
+                return raw
+            # private attributes, guarded: a dead evaluator thread is an error, not a hang
+            threads = (
+                getattr(self.evaluator, "_async_thread", None),
+                getattr(getattr(self.evaluator, "_backend", None), "_thread", None),
+            )
+            if any(t is not None and not t.is_alive() for t in threads):
+                raw = self.evaluator.poll()
+                if raw is not None:
+                    return raw
+                raise RuntimeError(
+                    f"the Evaluator's thread stopped before returning the evaluation of step "
+                    f"{self.in_flight[0]} (its traceback was printed above)"
+                )
+
     def _collect(self, block: bool) -> list[tuple[int, EvalResult]]:
         out = []
         while self.in_flight:
-            raw = self.evaluator.wait() if block else self.evaluator.poll()
+            raw = self._wait_one() if block else self.evaluator.poll()
             if raw is None:
                 break
             step = int(raw["eval/step"])
