@@ -123,6 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise RecipeError(str(err)) from err
         print(f"[aepo] init_from={cfg.init_from}: reusing the trained stages {imported or 'none'}")
     chosen = aepo_cfg.guidance
+    background = None  # train.eval_mode=background: utils.register_background_evaluation
     if train_cfg.eval_interval > 0 and main and not eval_only:
         during_kwargs = utils.eval_kwargs(cfg.eval, metadata, train_cfg.eval_episodes)
 
@@ -132,11 +133,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             trainer.log_scalar(f"{stage}/eval_normalized_score", result.normalized_mean, step)
             trainer.log_scalar(f"{stage}/eval_return", result.return_mean, step)
 
-        trainer.register_op("post_optim", plan.evaluation_op(evaluate, train_cfg.eval_interval))
+        if train_cfg.eval_mode == "background":
+            background = utils.register_background_evaluation(
+                trainer, plan, actor, env, chosen, during_kwargs, train_cfg.eval_interval
+            )
+        else:
+            trainer.register_op("post_optim", plan.evaluation_op(evaluate, train_cfg.eval_interval))
     try:
         summary = trainer.restore() if eval_only else trainer.train()
+        if background is not None:  # normally nothing left: the last step waited for them
+            background.drain()
     except (CheckpointError, NonFiniteError) as err:
         raise RecipeError(str(err)) from err
+    finally:
+        if background is not None:
+            background.close()
     if not main:  # the other ranks only train
         return {"rank": dist.rank(), "train": summary, "run_dir": str(run_dir)}
     if summary["stopped_after"] is not None:
@@ -182,6 +193,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         eval_seconds=round(eval_seconds, 3),
         support_actions=plan.support_stats or None,
     )
+    if background is not None:  # train.eval_mode=background (sync: timeit eval/during_training)
+        results["timings"]["eval_during_training"] = background.stats()
     name = utils.evaluation_name(cfg) if eval_only else ""  # "" | ".eval-<hash of the settings>"
     if distributed:
         results["distributed"] = {"world_size": dist.world_size(), "backend": "torchrun"}

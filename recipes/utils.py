@@ -156,7 +156,7 @@ def training_config(cfg: DictConfig) -> dict:
     ``aepo`` key except :data:`SAMPLING_KEYS`, ``train`` without its logging/eval cadence."""
     c = OmegaConf.to_container(cfg, resolve=True)
     untrained = ("log_interval", "checkpoint_interval", "eval_interval", "eval_episodes",
-                 "stop_after_stage")  # fmt: skip
+                 "eval_mode", "stop_after_stage")  # fmt: skip
     train = {k: v for k, v in c["train"].items() if k not in untrained}
     aepo = {k: v for k, v in c["aepo"].items() if k not in SAMPLING_KEYS}
     for key, default in LATER_TRAINING_DEFAULTS.items():
@@ -186,6 +186,7 @@ def experiment_config(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     for key in ("run_dir", "resume", "progress_bar", "logger", "hydra"):
         c.pop(key, None)
+    c.get("train", {}).pop("eval_mode", None)  # where evaluations run, not what they give
     return c
 
 
@@ -377,6 +378,59 @@ def eval_kwargs(eval_cfg: DictConfig, metadata, episodes: int) -> dict:
         "normalize": lambda returns: np.atleast_1d(normalized_score(metadata, np.asarray(returns))),
         "exploration": str(eval_cfg.exploration),
     }
+
+
+def register_background_evaluation(trainer, plan, actor, env, guidance: float, kwargs: dict,
+                                   interval: int):  # fmt: skip
+    """``train.eval_mode=background``: trainer ops that evaluate snapshots of ``actor`` at the
+    steps of the synchronous mode, in TorchRL's ``Evaluator`` thread
+    (:class:`~torchrl_aepo.background_eval.BackgroundEvaluation`), and record each result in
+    the trainer's history at the step it was taken.
+
+    * every ``interval`` steps of the last stage (as ``plan.evaluation_op``): snapshot and
+      submit; if the previous evaluation is still running, first wait for it (one in flight);
+    * every step: record the finished ones without waiting; at each checkpoint step and at
+      the last step wait for them first, so that a checkpoint holds every evaluation
+      submitted before it (and a resumed run's history matches the synchronous one);
+    * resuming at a step that was due an evaluation (submitted after its checkpoint was
+      written): evaluate it again, on the restored weights of that step.
+
+    Returns the :class:`BackgroundEvaluation` (it records what it returns): ``drain()`` and
+    ``close()`` it after training.
+    """
+    from torchrl_aepo.background_eval import BackgroundEvaluation
+
+    last = plan.stages[-1]
+
+    def record(step: int, result) -> None:  # logged late: their own channel of logged steps
+        for key, value in (("eval_normalized_score", result.normalized_mean),
+                           ("eval_return", result.return_mean)):  # fmt: skip
+            trainer.log_scalar(f"{last.name}/{key}", value, step, channel=f"{last.name}/eval")
+
+    background = BackgroundEvaluation(actor, env, guidance=guidance, on_result=record, **kwargs)
+
+    def every_step(_stage: str, step: int) -> None:
+        if not background.pending:
+            return
+        if step % trainer.checkpoint_interval == 0 or step >= last.total_steps:
+            background.drain()
+        else:
+            background.poll()
+
+    def evaluate(_stage: str, step: int) -> None:
+        background.submit(actor, step)
+
+    def resubmit(stage: str) -> None:
+        step = trainer.records[stage].steps
+        done = {s for s, _ in trainer.history.get(f"{stage}/eval_normalized_score", [])}
+        if stage == last.name and 0 < step < last.total_steps and step % interval == 0:
+            if step not in done:
+                plan.sync_behaviour()
+                evaluate(stage, step)
+
+    trainer.register_op("pre_stage", resubmit)
+    trainer.register_op("post_optim", plan.evaluation_op(evaluate, interval, every_step))
+    return background
 
 
 # ------------------------------------------------------------------------------------- logger

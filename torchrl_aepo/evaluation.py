@@ -17,6 +17,7 @@ The D4RL normalized score is ``100 * (R - R_random) / (R_expert - R_random)``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -157,6 +158,7 @@ def evaluate_policy(
     normalize: Callable[[Sequence[float]], Sequence[float]] | None = None,
     exploration: str = "random",
     guidance: float | None = None,
+    global_rng: bool = True,
 ) -> EvalResult:
     """Run ``episodes`` episodes of ``policy`` on the batched ``env`` and score them.
 
@@ -170,6 +172,11 @@ def evaluate_policy(
         normalize: maps returns to normalized scores (identity when ``None``).
         exploration: ``"random"`` or ``"deterministic"`` (TorchRL exploration type).
         guidance: recorded in the result (the guidance degree used), not applied here.
+        global_rng: ``True`` (default): the policy's noise is the global torch RNG, seeded
+            with ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (restored after).
+            ``False``: the global RNG is left alone, for a policy that draws from its own
+            generator (seeded by the caller), e.g. in a background thread, where the global
+            RNG is shared with training (:mod:`torchrl_aepo.background_eval`).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
@@ -188,11 +195,12 @@ def evaluate_policy(
     env_steps = 0
     start = time.perf_counter()
     with (
-        torch.random.fork_rng(devices=[]),
+        torch.random.fork_rng(devices=[]) if global_rng else contextlib.nullcontext(),
         torch.no_grad(),
         set_exploration_type(exploration_types[exploration]),
     ):
-        torch.manual_seed(seed)
+        if global_rng:
+            torch.manual_seed(seed)
         round_index = 0
         while len(returns) < episodes:
             round_seed = seed + round_index * num_envs

@@ -380,19 +380,22 @@ class OfflineTrainer:
             raise ValueError(f"Unknown hook destination {dest!r}; choose one of {_HOOK_DESTS}.")
         self._ops[dest].append(op)
 
-    def log_scalar(self, name: str, value: float, step: int) -> None:
+    def log_scalar(self, name: str, value: float, step: int, *, channel: str | None = None) -> None:
         """Log a scalar to the logger and keep it in :attr:`history`.
 
         ``name`` is ``"<stage>/<key>"``. After a resume, steps of that stage that a previous
         run already sent to the logger (up to its last logged step) are kept in the history
-        but not sent again, so the logs do not repeat steps.
+        but not sent again, so the logs do not repeat steps. ``channel`` names the sequence
+        of logged steps this scalar belongs to (default: its stage); scalars that arrive
+        late, after later steps of their stage were logged (background evaluations), use
+        their own so that they are not taken for already-logged steps.
         """
         value = float(value)
         step = int(step)
         self.history.setdefault(name, []).append([step, value])
         if self.logger is None:
             return
-        stage = name.partition("/")[0]
+        stage = name.partition("/")[0] if channel is None else channel
         logged = self._logged.get(stage, -1)
         if step <= logged:
             return

@@ -14,6 +14,8 @@ from typing import Any, Literal
 PLANS = ("staged", "joint")
 STAGED = ("diffusion", "critic", "gamma", "energy")
 JOINT = ("joint",)
+#: ``train.eval_mode``: evaluations during training block training, or run in a thread.
+EVAL_MODES = ("sync", "background")
 #: Every stage a staged plan can have: ``supports`` only when a critic or energy reads
 #: behaviour-model support actions, ``gamma`` only for the analytic energy.
 ALL_STAGED = ("diffusion", "supports", "critic", "gamma", "energy")
@@ -379,6 +381,9 @@ class TrainConfig(_Config):
         adam: torch Adam kernel: ``"fused"``, ``"foreach"`` or ``"loop"``.
         log_interval / checkpoint_interval: trainer intervals (steps).
         eval_interval / eval_episodes: evaluation during the last stage (``0``: off).
+        eval_mode: ``"sync"`` (training waits for each evaluation during training) or
+            ``"background"`` (a snapshot of the actor is evaluated in a thread by TorchRL's
+            ``Evaluator`` while training continues; :mod:`torchrl_aepo.background_eval`).
         stop_after_stage: checkpoint and stop after this stage.
         num_seeds: train this many independent seeds (``seed``, ``seed + 1``, ...) at once,
             with stacked networks (:mod:`torchrl_aepo.stacked`); ``1``: the single-seed run.
@@ -401,6 +406,7 @@ class TrainConfig(_Config):
     checkpoint_interval: int = 10_000
     eval_interval: int = 0
     eval_episodes: int = 5
+    eval_mode: Literal["sync", "background"] = "sync"
     stop_after_stage: str | None = None
     num_seeds: int = 1
 
@@ -465,6 +471,8 @@ class TrainConfig(_Config):
             not isinstance(self.eval_episodes, int) or self.eval_episodes < 1
         ):
             out.append(f"{prefix}eval_episodes={self.eval_episodes!r}: must be >= 1")
+        if self.eval_mode not in EVAL_MODES:
+            out.append(f"{prefix}eval_mode={self.eval_mode!r}: use sync or background")
         if (
             not isinstance(self.num_seeds, int)
             or isinstance(self.num_seeds, bool)

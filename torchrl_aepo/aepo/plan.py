@@ -172,17 +172,26 @@ class TrainingPlan:
         self.nets.behaviour.load_state_dict(state)
 
     def evaluation_op(
-        self, evaluate: Callable[[str, int], None], interval: int
+        self,
+        evaluate: Callable[[str, int], None],
+        interval: int,
+        every_step: Callable[[str, int], None] | None = None,
     ) -> Callable[[str, int, Any], None]:
         """A trainer ``"post_optim"`` op that evaluates the policy during the last stage.
 
         Every ``interval`` steps of the last stage (not at its final step, which the caller
         evaluates anyway) it syncs the behaviour network and calls ``evaluate(stage, step)``.
+        ``every_step(stage, step)``, when given, is called first at every step of the last
+        stage (e.g. to collect the results of background evaluations).
         """
         last = self.stages[-1]
 
         def op(stage: str, step: int, _metrics: Any) -> None:
-            if stage == last.name and step % interval == 0 and step < last.total_steps:
+            if stage != last.name:
+                return
+            if every_step is not None:
+                every_step(stage, step)
+            if step % interval == 0 and step < last.total_steps:
                 self.sync_behaviour()
                 evaluate(stage, step)
 
