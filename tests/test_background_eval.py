@@ -135,9 +135,14 @@ def test_late_scalars_reach_the_logger_on_their_channel(tmp_path):
     trainer = OfflineTrainer([], None, run_dir=tmp_path, logger=Logger(), progress_bar=False)
     trainer.log_scalar("energy/loss", 1.0, 20)
     trainer.log_scalar("energy/eval_normalized_score", 2.0, 10, channel="energy/eval")
-    trainer.log_scalar("energy/late_on_stage_channel", 3.0, 15)
-    assert Logger.rows == [("energy/loss", 20), ("energy/eval_normalized_score", 10)]
-    assert trainer.history["energy/late_on_stage_channel"] == [[15, 3.0]]
+    trainer.log_scalar("energy/late_scalar", 3.0, 15)  # its own sequence: sent
+    trainer.log_scalar("energy/loss", 4.0, 15)  # before the last logged step of that scalar
+    assert Logger.rows == [
+        ("energy/loss", 20),
+        ("energy/eval_normalized_score", 10),
+        ("energy/late_scalar", 15),
+    ]
+    assert trainer.history["energy/loss"] == [[20, 1.0], [15, 4.0]]
 
 
 # ------------------------------------------------------------------------------- the recipe

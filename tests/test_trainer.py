@@ -331,6 +331,19 @@ def test_csv_logs_do_not_repeat_steps_after_a_resume(tmp_path):
     assert rows(run) == rows(tmp_path / "ref")
 
 
+def test_every_scalar_logged_at_one_step_reaches_the_logger(tmp_path):
+    from torchrl.record.loggers import get_logger
+
+    stages, _, rb, _ = _setup(steps={"diffusion": 2, "critic": 1, "energy": 1, "joint": 1})
+    trainer = _trainer(tmp_path, stages, rb, logger=get_logger("csv", str(tmp_path / "logs"), "x"))
+    trainer.log_scalar("energy/a", 1.0, step=10)
+    trainer.log_scalar("energy/b", 2.0, step=10)
+    trainer.log_scalar("energy/a", 3.0, step=10)  # a repeat of (a, 10) is not sent again
+    scalars = tmp_path / "logs" / "x" / "scalars" / "energy"
+    assert (scalars / "a.csv").read_text().split() == ["10,1.0"]
+    assert (scalars / "b.csv").read_text().split() == ["10,2.0"]
+
+
 # ------------------------------------------------------------------- NaN/inf guard (issue 17)
 
 

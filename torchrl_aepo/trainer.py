@@ -27,7 +27,7 @@ sampler's state, and the extra ``generators`` given to the trainer) and the part
 logging interval, so that on CPU a run killed and resumed mid-stage ends with exactly the
 weights and logged history of the uninterrupted run. Steps already sent to the logger before
 the kill are not sent again (``checkpoints/logged_steps.json`` records the last logged step of
-each stage), so CSV logs hold each step once.
+each scalar), so CSV logs hold each step once.
 
 Non-finite values: :class:`OptimizerStep` checks the loss and the gradients before every
 update and raises :class:`NonFiniteError` (without applying the update); the trainer adds the
@@ -368,7 +368,7 @@ class OfflineTrainer:
         if self.rank != 0:  # rank 0 alone logs
             self.logger = None
         self._ops: dict[str, list[Callable]] = {d: [] for d in _HOOK_DESTS}
-        # last step sent to the logger, per stage (also in checkpoints/logged_steps.json)
+        # last step sent to the logger, per scalar (also in checkpoints/logged_steps.json)
         self._logged: dict[str, int] = {}
         self._log_sums: dict[str, Tensor | float] = {}
         self._log_count = 0
@@ -383,23 +383,23 @@ class OfflineTrainer:
     def log_scalar(self, name: str, value: float, step: int, *, channel: str | None = None) -> None:
         """Log a scalar to the logger and keep it in :attr:`history`.
 
-        ``name`` is ``"<stage>/<key>"``. After a resume, steps of that stage that a previous
+        ``name`` is ``"<stage>/<key>"``. After a resume, steps of that scalar that a previous
         run already sent to the logger (up to its last logged step) are kept in the history
-        but not sent again, so the logs do not repeat steps. ``channel`` names the sequence
-        of logged steps this scalar belongs to (default: its stage); scalars that arrive
-        late, after later steps of their stage were logged (background evaluations), use
-        their own so that they are not taken for already-logged steps.
+        but not sent again, so the logs do not repeat steps. The last logged step is kept per
+        scalar (``channel``, if given, names a sequence shared by several scalars), so every
+        scalar logged at one step reaches the logger. Files written before this was per
+        scalar hold one step per stage, which then bounds every scalar of that stage.
         """
         value = float(value)
         step = int(step)
         self.history.setdefault(name, []).append([step, value])
         if self.logger is None:
             return
-        stage = name.partition("/")[0] if channel is None else channel
-        logged = self._logged.get(stage, -1)
+        key = name if channel is None else channel
+        logged = max(self._logged.get(key, -1), self._logged.get(name.partition("/")[0], -1))
         if step <= logged:
             return
-        self._logged[stage] = step
+        self._logged[key] = step
         # Recorded before the logger writes: a kill in between loses a row, never repeats one.
         if self.checkpoint_dir is not None and self.rank == 0:
             write_json_atomic(self._logged_path, self._logged)
