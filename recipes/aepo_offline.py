@@ -165,7 +165,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not eval_only:
         actor.save(run_dir / "actor.pt")
 
-    # 5. evaluate: final policy (chosen w), behaviour policy (w = 0) and the guidance sweep
+    # 5. the reported guidance degree: fixed, or chosen from dataset states (no eval episode)
+    selection = None
+    if aepo_cfg.guidance_rule == "advantage_knee":
+        with timeit("eval/select_guidance"):
+            selection = aepo.select_guidance(
+                actor, losses.critic.target_qvalue_network(), nets.value, dataset,
+                aepo_cfg.guidance_ladder, knee=aepo_cfg.guidance_knee,
+                states=aepo_cfg.guidance_states, seed=int(cfg.seed),
+            )  # fmt: skip
+        chosen = actor.guidance_scale = selection.guidance
+        print(f"[aepo] guidance w = {chosen:g} chosen from {selection.states} dataset states "
+              f"(advantage_knee {selection.knee:g}; no evaluation episode)")  # fmt: skip
+        if not eval_only:
+            actor.save(run_dir / "actor.pt")
+
+    # 6. evaluate: final policy (chosen w), behaviour policy (w = 0) and the guidance sweep
     sweep_ws = sorted({0.0, chosen, *[float(w) for w in (cfg.eval.guidance_sweep or [])]})
     t0 = time.perf_counter()
     with timeit("eval/final"):
@@ -182,12 +197,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             logger.log_scalar("eval/normalized_score_vs_guidance", r.normalized_mean, step=step)
     during = trainer.history.get(f"{plan.stages[-1].name}/eval_normalized_score", [])
 
-    # 6. report: results.json, plots, summary
+    # 7. report: results.json, plots, summary
     results = utils.results_dict(
         cfg, task, metadata, len(replay_buffer), summary, sweep, chosen, during, device, run_dir
     )
     results["deployed"] = None if deployed is None else {**deployed.to_dict(), **dict(cfg.deploy)}
     results["deployed_sweep"] = [r.to_dict() for r in deployed_sweep]
+    results["guidance_selection"] = None if selection is None else selection.to_dict()
     results["timings"].update(
         data_seconds=round(data_seconds, 3),
         eval_seconds=round(eval_seconds, 3),

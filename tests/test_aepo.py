@@ -108,3 +108,59 @@ def test_energy_baseline_value_regresses_the_advantage(data_root):
         q = q.min(-1, keepdim=True)[0]
         expected = q - (nets.value(batch["observation"]) if baseline == "value" else 0)
         torch.testing.assert_close(target["q"], expected.detach())
+
+
+def test_advantage_knee_picks_the_start_of_the_plateau_or_the_peak():
+    from torchrl_aepo.aepo import advantage_knee
+
+    def rows(pairs):
+        return [{"guidance": w, "advantage": a} for w, a in pairs]
+
+    plateau = rows([(0, -0.36), (0.05, -0.21), (0.5, 0.50), (1, 0.79), (2, 0.91), (4, 0.94)])
+    assert advantage_knee(plateau) == 1.0  # gains 1.15 / 1.30 >= 0.8; 0.5's 0.66 is not
+    peak = rows([(0, -3.7), (0.05, -1.2), (0.1, -2.3), (0.5, -1.16), (1, -3.4), (2, -6.4)])
+    assert advantage_knee(peak) == 0.05
+    falling = rows([(0, 1.0), (0.5, 0.2), (1, -1.0)])
+    assert advantage_knee(falling) == 0.0  # no degree beats the behaviour policy
+    with pytest.raises(ValueError, match="knee"):
+        advantage_knee(plateau, knee=0.0)
+
+
+def test_select_guidance_reads_the_critic_on_dataset_states():
+    """A critic that rewards a_0 > 0 and a guided actor: the chosen degree ascends it."""
+    from tensordict import TensorDict
+
+    from torchrl_aepo import AEPOActor
+    from torchrl_aepo.aepo import select_guidance
+
+    class Noise(torch.nn.Module):  # exact eps of N(0, 0.25) data
+        action_dim = 1
+
+        def forward(self, x, t, obs):
+            from torchrl_aepo import VPSchedule
+
+            alpha, sigma = VPSchedule().alpha_sigma(t)
+            return sigma * x / (alpha**2 * 0.25 + sigma**2)
+
+    class Energy(torch.nn.Module):  # f = a_t[0]: guidance pushes a_0 up
+        def forward(self, x, t, obs):
+            return x[..., :1]
+
+    class Critic(torch.nn.Module):
+        def forward(self, obs, action):
+            return action[..., :1].expand(*action.shape[:-1], 2)
+
+    class Value(torch.nn.Module):
+        def forward(self, obs):
+            return torch.zeros(*obs.shape[:-1], 1)
+
+    actor = AEPOActor(Noise(), Energy(), guidance_scale=0.3, rescale=False)
+    data = TensorDict(
+        {"observation": torch.zeros(256, 2), "action": torch.zeros(256, 1)}, batch_size=[256]
+    )
+    choice = select_guidance(actor, Critic(), Value(), data, [0.25, 0.5, 1.0], states=128)
+    advantages = [r["advantage"] for r in choice.rows]
+    assert [r["guidance"] for r in choice.rows] == [0.0, 0.25, 0.5, 1.0]
+    assert advantages == sorted(advantages) and advantages[-1] > advantages[0] + 0.1
+    assert choice.guidance > 0 and actor.guidance_scale == 0.3  # the actor's own w restored
+    assert choice.dataset_actions["advantage"] == 0.0
