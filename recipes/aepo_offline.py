@@ -167,16 +167,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # 5. the reported guidance degree: fixed, or chosen from dataset states (no eval episode)
     selection = None
-    if aepo_cfg.guidance_rule == "advantage_knee":
+    if aepo_cfg.guidance_rule == "critic_lower_bound":
         with timeit("eval/select_guidance"):
             selection = aepo.select_guidance(
                 actor, losses.critic.target_qvalue_network(), nets.value, dataset,
-                aepo_cfg.guidance_ladder, knee=aepo_cfg.guidance_knee,
+                aepo_cfg.guidance_ladder, pessimism=aepo_cfg.guidance_pessimism,
                 states=aepo_cfg.guidance_states, seed=int(cfg.seed),
             )  # fmt: skip
         chosen = actor.guidance_scale = selection.guidance
         print(f"[aepo] guidance w = {chosen:g} chosen from {selection.states} dataset states "
-              f"(advantage_knee {selection.knee:g}; no evaluation episode)")  # fmt: skip
+              f"(critic lower bound, pessimism {selection.pessimism:g}; no evaluation episode)")  # fmt: skip
         if not eval_only:
             actor.save(run_dir / "actor.pt")
 

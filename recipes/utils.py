@@ -139,7 +139,7 @@ def setup_runtime(
 
 #: ``aepo`` keys that only the sampler/evaluation reads: never hashed into the checkpoints, so
 #: ``eval_only`` may change them.
-SAMPLING_KEYS = ("guidance", "guidance_rule", "guidance_ladder", "guidance_knee",
+SAMPLING_KEYS = ("guidance", "guidance_rule", "guidance_ladder", "guidance_pessimism",
                  "guidance_states", "rescale", "num_candidates", "selection", "solver")  # fmt: skip
 #: ``aepo`` keys of the paper's ablations: hashed only when the critic or energy is not AEPO's.
 ABLATION_KEYS = ("critic", "energy", "num_support", "isql_beta", "cql_alpha", "cql_num_random",

@@ -110,20 +110,23 @@ def test_energy_baseline_value_regresses_the_advantage(data_root):
         torch.testing.assert_close(target["q"], expected.detach())
 
 
-def test_advantage_knee_picks_the_start_of_the_plateau_or_the_peak():
-    from torchrl_aepo.aepo import advantage_knee
+def test_critic_lower_bound_trades_advantage_against_head_disagreement():
+    from torchrl_aepo.aepo import critic_lower_bound
 
-    def rows(pairs):
-        return [{"guidance": w, "advantage": a} for w, a in pairs]
+    def rows(triples):
+        return [{"guidance": w, "advantage": a, "head_gap": g} for w, a, g in triples]
 
-    plateau = rows([(0, -0.36), (0.05, -0.21), (0.5, 0.50), (1, 0.79), (2, 0.91), (4, 0.94)])
-    assert advantage_knee(plateau) == 1.0  # gains 1.15 / 1.30 >= 0.8; 0.5's 0.66 is not
-    peak = rows([(0, -3.7), (0.05, -1.2), (0.1, -2.3), (0.5, -1.16), (1, -3.4), (2, -6.4)])
-    assert advantage_knee(peak) == 0.05
-    falling = rows([(0, 1.0), (0.5, 0.2), (1, -1.0)])
-    assert advantage_knee(falling) == 0.0  # no degree beats the behaviour policy
-    with pytest.raises(ValueError, match="knee"):
-        advantage_knee(plateau, knee=0.0)
+    # measured signals (docs/locomotion.md): hopper's gain is small against its heads' gap
+    hopper = rows([(0, -4.85, 2.23), (0.05, -3.16, 2.34), (0.1, -3.66, 2.43), (0.5, -2.37, 3.45),
+                   (1, -2.79, 4.21)])  # fmt: skip
+    assert critic_lower_bound(hopper) == 0.05
+    assert critic_lower_bound(hopper, pessimism=0.0) == 0.5  # the advantage alone: w = 0.5
+    walker = rows([(0, -1.49, 0.84), (0.1, 9.27, 1.13), (0.5, 13.7, 1.53), (1, 13.3, 1.85)])
+    assert critic_lower_bound(walker) == 0.5
+    falling = rows([(0, 1.0, 1.0), (0.5, 0.2, 1.0), (1, -1.0, 1.0)])
+    assert critic_lower_bound(falling) == 0.0  # no degree beats the behaviour policy
+    with pytest.raises(ValueError, match="pessimism"):
+        critic_lower_bound(hopper, pessimism=-1.0)
 
 
 def test_select_guidance_reads_the_critic_on_dataset_states():

@@ -476,12 +476,12 @@ def test_num_seeds_refuses_unsupported_settings_before_any_work(recipe, data_roo
 
 def test_guidance_chosen_from_dataset_states(recipe, data_root, tmp_path):
     run_dir = tmp_path / "run"
-    rule = ["aepo.guidance_rule=advantage_knee", "aepo.guidance_ladder=[0.5,2.0]",
+    rule = ["aepo.guidance_rule=critic_lower_bound", "aepo.guidance_ladder=[0.5,2.0]",
             "aepo.guidance_states=32", "eval.guidance_sweep=[0.0]"]  # fmt: skip
     recipe.run(_cfg(data_root, run_dir, *rule))
     on_disk = json.loads((run_dir / "results.json").read_text())
     selection = on_disk["guidance_selection"]
-    assert selection["rule"] == "advantage_knee" and selection["states"] == 32
+    assert selection["rule"] == "critic_lower_bound" and selection["states"] == 32
     assert [r["guidance"] for r in selection["rows"]] == [0.0, 0.5, 2.0]
     assert on_disk["final"]["guidance"] == selection["guidance"]
     # the rule is a sampling setting: eval_only may switch it off again

@@ -16,7 +16,7 @@ over the states:
   entries at the box.
 
 These use the training data only (the rule of :mod:`torchrl_aepo.aepo.guidance`, which the
-recipe applies with ``aepo.guidance_rule=advantage_knee``); no evaluation episode enters them.
+recipe applies with ``aepo.guidance_rule=critic_lower_bound``); no evaluation episode enters them.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     d = result["dataset_actions"]
     print(f"{result['task']} (rescale {result['rescale']}): dataset actions: "
           f"advantage {d['advantage']:.3f}, head gap {d['head_gap']:.3f}")  # fmt: skip
-    print(f"chosen by advantage_knee {result['knee']:g}: w = {result['guidance']:g}")
+    print(
+        f"chosen by the critic lower bound (pessimism {result['pessimism']:g}): w = {result['guidance']:g}"
+    )
     print("w | advantage | head gap | gap / data's | distance to data | at box")
     for r in result["rows"]:
         print(f"{r['guidance']:g} | {r['advantage']:.3f} | {r['head_gap']:.3f} | "

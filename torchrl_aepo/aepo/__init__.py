@@ -71,7 +71,7 @@ from torchrl_aepo.aepo.config import (
     config_problems,
     num_seeds_problems,
 )
-from torchrl_aepo.aepo.guidance import GuidanceChoice, advantage_knee, select_guidance
+from torchrl_aepo.aepo.guidance import GuidanceChoice, critic_lower_bound, select_guidance
 from torchrl_aepo.aepo.plan import TrainingPlan, build_training_plan
 from torchrl_aepo.aepo.stacked_plan import StackedTrainingPlan
 
@@ -102,6 +102,6 @@ __all__ = [
     "num_seeds_problems",
     "estimate_posterior_statistics",
     "GuidanceChoice",
-    "advantage_knee",
+    "critic_lower_bound",
     "select_guidance",
 ]

@@ -189,10 +189,11 @@ class AEPOConfig(_Config):
             the large state-dependent offset ``beta V(s)`` first).
         guidance: guidance degree ``w`` of the reported policy (``0``: the behaviour policy)
             with ``guidance_rule="fixed"``.
-        guidance_rule: ``"fixed"`` (``guidance``) or ``"advantage_knee"``: ``w`` chosen after
-            training from dataset states (:func:`~torchrl_aepo.aepo.select_guidance`: the
-            smallest degree of ``guidance_ladder`` whose critic-advantage gain reaches
-            ``guidance_knee`` of the largest, on ``guidance_states`` states).
+        guidance_rule: ``"fixed"`` (``guidance``) or ``"critic_lower_bound"``: ``w`` chosen
+            after training from ``guidance_states`` dataset states
+            (:func:`~torchrl_aepo.aepo.select_guidance`: the degree of ``guidance_ladder``
+            with the largest critic advantage minus ``guidance_pessimism`` times the twin
+            heads' disagreement).
         rescale: guidance rescaling (Eq. 45).
         num_candidates / selection: ``K`` actions per state and how one is picked
             (``"first"``, ``"argmax_q"``, ``"softmax_q"``).
@@ -217,9 +218,9 @@ class AEPOConfig(_Config):
     variance_weight: float = 0.0
     energy_baseline: Literal["none", "value"] = "value"
     guidance: float = 1.0
-    guidance_rule: Literal["fixed", "advantage_knee"] = "fixed"
+    guidance_rule: Literal["fixed", "critic_lower_bound"] = "fixed"
     guidance_ladder: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-    guidance_knee: float = 0.8
+    guidance_pessimism: float = 1.0
     guidance_states: int = 1024
     rescale: bool = True
     num_candidates: int = 1
@@ -270,13 +271,16 @@ class AEPOConfig(_Config):
             out.append(f"{prefix}energy_baseline={self.energy_baseline!r}: use none or value")
         if not self.guidance >= 0:
             out.append(f"{prefix}guidance={self.guidance!r}: must be >= 0")
-        if self.guidance_rule not in ("fixed", "advantage_knee"):
-            out.append(f"{prefix}guidance_rule={self.guidance_rule!r}: use fixed or advantage_knee")
+        if self.guidance_rule not in ("fixed", "critic_lower_bound"):
+            out.append(
+                f"{prefix}guidance_rule={self.guidance_rule!r}: use fixed or critic_lower_bound"
+            )
         ladder = self.guidance_ladder
         if not ladder or any(not isinstance(w, (int, float)) or w < 0 for w in ladder):
             out.append(f"{prefix}guidance_ladder={ladder!r}: a non-empty list of degrees >= 0")
-        if not (isinstance(self.guidance_knee, (int, float)) and 0 < self.guidance_knee <= 1):
-            out.append(f"{prefix}guidance_knee={self.guidance_knee!r}: must be in (0, 1]")
+        pessimism = self.guidance_pessimism
+        if not (isinstance(pessimism, (int, float)) and pessimism >= 0):
+            out.append(f"{prefix}guidance_pessimism={pessimism!r}: must be >= 0")
         if not isinstance(self.guidance_states, int) or self.guidance_states < 1:
             out.append(f"{prefix}guidance_states={self.guidance_states!r}: must be an integer >= 1")
         if not isinstance(self.num_candidates, int) or self.num_candidates < 1:

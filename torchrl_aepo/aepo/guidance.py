@@ -4,15 +4,16 @@
 gradient stops following the critic (it is fitted on the data's actions only) and the samples
 leave the data's support. :func:`guidance_signals` measures, on dataset states, the critic's
 advantage ``min_k Q_k(s, a) - V(s)`` of the actions the faithful actor samples at each degree
-of a ladder (and the twin heads' disagreement and the distance to the dataset action, for the
-record). :func:`advantage_knee` picks the smallest degree whose advantage gain over the
-behaviour policy (``w = 0``) reaches ``knee`` (default 0.8) of the largest gain on the ladder:
-where the gain levels off (halfcheetah), that is the start of the plateau; where it peaks and
-falls (the guidance stops ascending the critic: walker2d, hopper), at most the peak.
+of a ladder, and the twin heads' disagreement ``|Q_1 - Q_2|`` there, the critic's own measure of
+how far its data support is left. :func:`critic_lower_bound` picks the degree with the largest
+pessimistic value ``advantage - pessimism * head_gap`` (a lower confidence bound, as in
+uncertainty-penalised offline RL): where the guidance keeps ascending the critic inside its
+support the bound grows with ``w``; where the gain is small against the heads' disagreement
+(the critic cannot tell the guided actions apart), it stays near ``w = 0``.
 
-The rule reads only the dataset and the trained networks. Its one constant, ``knee``, was set
-on three local medium-replay datasets (their evaluation returns seen), and is kept fixed for
-every other dataset (docs/locomotion.md).
+The rule reads only the dataset and the trained networks. Its one constant, ``pessimism = 1``,
+was set on three local medium-replay datasets (their evaluation returns seen) and is kept
+fixed for every other dataset (docs/locomotion.md).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 
-__all__ = ["GuidanceChoice", "advantage_knee", "guidance_signals", "select_guidance"]
+__all__ = ["GuidanceChoice", "critic_lower_bound", "guidance_signals", "select_guidance"]
 
 
 @dataclass
@@ -34,7 +35,7 @@ class GuidanceChoice:
 
     guidance: float
     rule: str
-    knee: float
+    pessimism: float
     states: int
     dataset_actions: dict[str, float]
     rows: list[dict[str, float]] = field(default_factory=list)
@@ -87,24 +88,19 @@ def guidance_signals(
     return data_row, rows
 
 
-def advantage_knee(rows: Sequence[dict[str, float]], knee: float = 0.8) -> float:
-    """The smallest degree whose advantage gain over ``w = 0`` (or the smallest degree of the
-    ladder) is at least ``knee`` times the largest gain; the smallest degree when no degree
-    gains.
+def critic_lower_bound(rows: Sequence[dict[str, float]], pessimism: float = 1.0) -> float:
+    """The degree with the largest ``advantage - pessimism * head_gap`` (ties: the smallest).
 
-    >>> rows = [{"guidance": w, "advantage": a} for w, a in [(0, 0), (0.5, 8), (1, 10), (2, 9)]]
-    >>> advantage_knee(rows), advantage_knee(rows, knee=0.9)
+    >>> rows = [{"guidance": w, "advantage": a, "head_gap": g}
+    ...         for w, a, g in [(0, 0.0, 1.0), (0.5, 2.0, 1.5), (1, 2.5, 2.5)]]
+    >>> critic_lower_bound(rows), critic_lower_bound(rows, pessimism=0.0)
     (0.5, 1.0)
     """
-    if not 0 < knee <= 1:
-        raise ValueError(f"knee must be in (0, 1], got {knee!r}.")
+    if not (isinstance(pessimism, (int, float)) and pessimism >= 0):
+        raise ValueError(f"pessimism must be >= 0, got {pessimism!r}.")
     rows = sorted(rows, key=lambda r: r["guidance"])
-    base = rows[0]["advantage"]
-    gains = [r["advantage"] - base for r in rows]
-    best = max(gains)
-    if best <= 0:
-        return float(rows[0]["guidance"])
-    return float(next(r["guidance"] for r, g in zip(rows, gains, strict=True) if g >= knee * best))
+    bounds = [r["advantage"] - pessimism * r["head_gap"] for r in rows]
+    return float(rows[bounds.index(max(bounds))]["guidance"])
 
 
 def select_guidance(
@@ -114,12 +110,12 @@ def select_guidance(
     dataset: TensorDictBase,
     ladder: Sequence[float],
     *,
-    knee: float = 0.8,
+    pessimism: float = 1.0,
     states: int = 1024,
     seed: int = 0,
 ) -> GuidanceChoice:
-    """:func:`advantage_knee` on :func:`guidance_signals` of ``states`` dataset transitions
-    drawn with ``seed`` (``w = 0`` is always on the ladder).
+    """:func:`critic_lower_bound` on :func:`guidance_signals` of ``states`` dataset
+    transitions drawn with ``seed`` (``w = 0`` is always on the ladder).
 
     Example:
         >>> import torch
@@ -145,5 +141,7 @@ def select_guidance(
     data_row, rows = guidance_signals(actor, qvalue, value, batch, ladder, seed=seed)
     for row in rows:
         row["head_gap_vs_data"] = row["head_gap"] / max(data_row["head_gap"], 1e-12)
-    chosen = advantage_knee(rows, knee)
-    return GuidanceChoice(chosen, "advantage_knee", float(knee), int(states), data_row, rows)
+        row["lower_bound"] = row["advantage"] - pessimism * row["head_gap"]
+    chosen = critic_lower_bound(rows, pessimism)
+    return GuidanceChoice(chosen, "critic_lower_bound", float(pessimism), int(states), data_row,
+                          rows)  # fmt: skip
