@@ -219,7 +219,7 @@ class AEPOConfig(_Config):
     energy_baseline: Literal["none", "value"] = "value"
     guidance: float = 1.0
     guidance_rule: Literal["fixed", "critic_lower_bound"] = "fixed"
-    guidance_ladder: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+    guidance_ladder: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
     guidance_pessimism: float = 1.0
     guidance_states: int = 1024
     rescale: bool = True

@@ -9,7 +9,10 @@ how far its data support is left. :func:`critic_lower_bound` picks the degree wi
 pessimistic value ``advantage - pessimism * head_gap`` (a lower confidence bound, as in
 uncertainty-penalised offline RL): where the guidance keeps ascending the critic inside its
 support the bound grows with ``w``; where the gain is small against the heads' disagreement
-(the critic cannot tell the guided actions apart), it stays near ``w = 0``.
+(the critic cannot tell the guided actions apart), it stays near ``w = 0``. The default ladder
+stops at ``w = 1``, the target ``pi ∝ mu exp(beta Q)`` itself: the rule decides how far from the
+behaviour policy toward it the critic's evidence carries, not whether to trust the critic
+beyond the temperature ``beta``.
 
 The rule reads only the dataset and the trained networks. Its one constant, ``pessimism = 1``,
 was set on three local medium-replay datasets (their evaluation returns seen) and is kept
