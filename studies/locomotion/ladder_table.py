@@ -6,15 +6,15 @@
 
     {"halfcheetah-medium-replay-local": {
         "aepo": "hc_mr_vw0/results.json",          # AEPO run: faithful, BC (w = 0), deployed
-        "iql": ["iql_hc_mr/results.json"],          # one or more IQL runs (their actor in "method")
-        "extra": {"label": "hc_mr_vw0/results.eval-....json"}}}   # optional eval_only files
+        "iql": ["iql_hc_mr/results.json"]}}          # one or more IQL runs (their actor in "method")
 
-Every number is read from those files; nothing is chosen here. For the AEPO run the table shows
-the faithful policy (K = 1) at its reported ``aepo.guidance``, the behaviour model (w = 0, i.e.
-diffusion BC) and the deployed policy (``deploy.num_candidates`` critic-picked candidates) at
-the reported guidance and at the other degrees of ``deploy.guidance_sweep``. ``--copy-to``
-copies every file read (renamed ``<dataset>.<row>.json``) so the table can be rebuilt from the
-committed copies with ``--root`` pointing there and the spec's ``copied`` paths.
+Every number is read from those files; nothing is chosen here. For the AEPO file (a run's
+results.json or an ``eval_only`` results.eval-*.json) the table shows the behaviour model
+(``w = 0``, diffusion BC), the reported guidance degree (chosen by ``aepo.guidance_rule`` or
+fixed), the faithful policy (K = 1) and the deployed policy (``deploy.num_candidates``
+critic-picked candidates) at that degree, and the deployed policy at ``w = 0``. ``--copy-to``
+copies every file read (renamed ``<dataset>.<row>.json``) so that the table can be rebuilt
+from the committed copies.
 """
 
 from __future__ import annotations
@@ -47,11 +47,9 @@ def _deployed_at(results: dict, guidance: float) -> dict | None:
 
 def build_table(spec: dict, root: Path, copy_to: Path | None = None) -> str:
     """The markdown table (one row per dataset) and, below it, the wall times."""
-    rows, times, degrees = [], [], set()
-    loaded = {}
+    rows, times, loaded = [], [], {}
     for dataset, entry in spec.items():
         files = {"aepo": entry["aepo"], **{f"iql{i}": p for i, p in enumerate(entry["iql"])}}
-        files.update({f"extra-{k}": v for k, v in entry.get("extra", {}).items()})
         loaded[dataset] = {}
         for row, rel in files.items():
             path = root / rel
@@ -59,24 +57,20 @@ def build_table(spec: dict, root: Path, copy_to: Path | None = None) -> str:
             if copy_to is not None:
                 copy_to.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, copy_to / f"{dataset}.{row}.json")
-        for r in loaded[dataset]["aepo"].get("deployed_sweep") or []:
-            degrees.add(r["guidance"])
-    degrees = sorted(degrees)
     iql_names = sorted(
         {r["method"] for d in loaded.values() for k, r in d.items() if k.startswith("iql")}
     )
-    header = (
-        ["dataset", "BC (w = 0)", "AEPO faithful"]
-        + [f"deployed w = {w:g}" for w in degrees]
-        + [f"IQL ({name.removeprefix('iql-')})" for name in iql_names]
-    )
+    header = ["dataset", "BC (w = 0)", "w chosen", "AEPO faithful", "AEPO deployed (K = 16)",
+              "K = 16, w = 0"] + [f"IQL ({n.removeprefix('iql-')})" for n in iql_names]  # fmt: skip
     rows.append("| " + " | ".join(header) + " |")
     rows.append("|" + "---|" * len(header))
     for dataset, runs in loaded.items():
         aepo = runs["aepo"]
         final = aepo["final"]
-        cells = [dataset, _score(aepo["behaviour"]), f"{_score(final)} (w = {final['guidance']:g})"]
-        cells += [_score(_deployed_at(aepo, w)) for w in degrees]
+        chosen = final["guidance"]
+        how = "rule" if aepo.get("guidance_selection") else "fixed"
+        cells = [dataset, _score(aepo["behaviour"]), f"{chosen:g} ({how})", _score(final),
+                 _score(_deployed_at(aepo, chosen)), _score(_deployed_at(aepo, 0.0))]  # fmt: skip
         by_method = {r["method"]: r for k, r in runs.items() if k.startswith("iql")}
         cells += [_score(by_method.get(name, {}).get("final")) for name in iql_names]
         rows.append("| " + " | ".join(cells) + " |")
