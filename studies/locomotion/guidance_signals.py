@@ -1,7 +1,7 @@
 """Offline signals of a trained run's guided policies, per guidance degree (no env episodes).
 
     python -m studies.locomotion.guidance_signals RUN_DIR [--states 1024] [--guidance 0 0.1 0.5 1 2]
-        [--no-rescale] [--out FILE.json]
+        [--no-rescale] [--candidates K] [--out FILE.json]
 
 For ``--states`` dataset states the run's faithful actor (K = 1) samples one action per state at
 each guidance degree ``w``; the critic the run trained rates them. Reported per ``w``, as means
@@ -34,11 +34,19 @@ from torchrl_aepo.atomic import write_text_atomic
 
 
 def run_guidance_signals(
-    run_dir: Path, states: int, degrees: list[float], rescale: bool | None, seed: int = 0
+    run_dir: Path,
+    states: int,
+    degrees: list[float],
+    rescale: bool | None,
+    seed: int = 0,
+    candidates: int = 1,
 ):
-    """:func:`~torchrl_aepo.aepo.select_guidance` on a finished run's faithful actor."""
+    """:func:`~torchrl_aepo.aepo.select_guidance` on a finished run's actor (``candidates``
+    > 1: the deployed actor, the critic's argmax of that many samples)."""
     run = load_trained_run(run_dir)
     aepo = run.aepo if rescale is None else dataclasses.replace(run.aepo, rescale=rescale)
+    if candidates > 1:
+        aepo = dataclasses.replace(aepo, num_candidates=candidates, selection="argmax_q")
     energy = build_energy_loss(run.nets, run.losses, aepo, run.posterior)
     energy.load_state_dict(stage_checkpoint(run_dir, "energy")["state"]["loss"])
     actor = build_actor(run.nets, run.losses, aepo)
@@ -55,11 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--states", type=int, default=1024)
     parser.add_argument("--guidance", type=float, nargs="+", default=[0.0, 0.1, 0.5, 1.0, 2.0])
     parser.add_argument("--no-rescale", action="store_true")
+    parser.add_argument("--candidates", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     result = run_guidance_signals(
-        args.run_dir, args.states, args.guidance, False if args.no_rescale else None
+        args.run_dir,
+        args.states,
+        args.guidance,
+        False if args.no_rescale else None,
+        candidates=args.candidates,
     )
     d = result["dataset_actions"]
     print(f"{result['task']} (rescale {result['rescale']}): dataset actions: "
