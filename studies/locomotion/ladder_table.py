@@ -78,7 +78,7 @@ def build_table(spec: dict, root: Path, copy_to: Path | None = None) -> str:
             f"{r['method']} {_minutes(r):.1f}" for k, r in runs.items() if k.startswith("iql")
         )
         stages = ", ".join(
-            f"{name} {s['seconds'] / 60:.1f}" + (" (reused)" if s.get("skipped") else "")
+            f"{name} {s['seconds'] / 60:.1f}" + (" (restored)" if s.get("skipped") else "")
             for name, s in aepo["timings"]["stages"].items()
         )
         times.append(
