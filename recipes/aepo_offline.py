@@ -162,9 +162,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "train": summary,
             "run_dir": str(run_dir),
         }
-    if not eval_only:
-        actor.save(run_dir / "actor.pt")
-
     # 5. the reported guidance degree: fixed, or chosen from dataset states (no eval episode)
     selection = None
     if aepo_cfg.guidance_rule == "critic_lower_bound":
@@ -177,8 +174,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         chosen = actor.guidance_scale = selection.guidance
         print(f"[aepo] guidance w = {chosen:g} chosen from {selection.states} dataset states "
               f"(critic lower bound, pessimism {selection.pessimism:g}; no evaluation episode)")  # fmt: skip
-        if not eval_only:
-            actor.save(run_dir / "actor.pt")
+    if not eval_only:
+        actor.save(run_dir / "actor.pt")  # the reported policy, at its guidance degree
 
     # 6. evaluate: final policy (chosen w), behaviour policy (w = 0) and the guidance sweep
     sweep_ws = sorted({0.0, chosen, *[float(w) for w in (cfg.eval.guidance_sweep or [])]})
