@@ -133,7 +133,39 @@ def sample_stacked(
     return dataset[index.to(dataset.device)]
 
 
-class StackedCritic:
+class _StackedStage:
+    """What the stacked stages share: a trainer :class:`~torchrl_aepo.trainer.Stage` that draws
+    ``[N, batch_size]`` with the members' generators (:meth:`draw`), updates all members at once
+    (:meth:`update`, per-member metrics) and checkpoints the loss, the optimiser and every
+    member's generator. Logged metrics are the means over members."""
+
+    stage_name: str
+    loss: nn.Module
+    optim: Any
+    generators: list[torch.Generator]
+
+    def draw(self, dataset: TensorDictBase, batch_size: int) -> TensorDictBase:
+        raise NotImplementedError
+
+    def update(self, batch: TensorDictBase) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def stage(self, dataset: TensorDictBase, total_steps: int, batch_size: int) -> Stage:
+        """The trainer stage named :attr:`stage_name`."""
+
+        def step(_batch: None, _step: int) -> Mapping[str, Tensor]:
+            return {k: v.mean() for k, v in self.update(self.draw(dataset, batch_size)).items()}
+
+        def stateful() -> dict[str, Any]:
+            state: dict[str, Any] = {"loss": self.loss, "optim": self.optim}
+            for k, g in enumerate(self.generators):
+                state[f"rng_member{k}"] = GeneratorState(g)
+            return state
+
+        return Stage(self.stage_name, int(total_steps), step, stateful, batch_size=None)
+
+
+class StackedCritic(_StackedStage):
     """The expectile critic stage of ``N`` seeds at once (stacked twin Q and V).
 
     Args:
@@ -145,6 +177,8 @@ class StackedCritic:
             would couple the members through the global norm and is not offered.
         seeds: the members' data-order seeds (``len == N``); default ``0..N-1``.
     """
+
+    stage_name = "critic"
 
     def __init__(
         self,
@@ -194,27 +228,12 @@ class StackedCritic:
         self.target.step()
         return {"loss_qvalue": loss_q.detach(), "loss_value": loss_v.detach()}
 
-    def stage(self, dataset: TensorDictBase, total_steps: int, batch_size: int) -> Stage:
-        """A trainer stage: each step samples ``[N, batch_size]`` with the members' generators.
-
-        Logged metrics are the means over members; :meth:`update` gives them per member.
-        """
-
-        def step(_batch: None, _step: int) -> Mapping[str, Tensor]:
-            batch = sample_stacked(dataset, batch_size, self.generators)
-            per_member = self.update(batch)
-            return {k: v.mean() for k, v in per_member.items()}
-
-        def stateful() -> dict[str, Any]:
-            state: dict[str, Any] = {"loss": self.loss, "optim": self.optim}
-            for k, g in enumerate(self.generators):
-                state[f"rng_member{k}"] = GeneratorState(g)
-            return state
-
-        return Stage("critic", int(total_steps), step, stateful, batch_size=None)
+    def draw(self, dataset: TensorDictBase, batch_size: int) -> TensorDictBase:
+        """``[N, batch_size]`` transitions, member ``k``'s drawn with its generator."""
+        return sample_stacked(dataset, batch_size, self.generators)
 
 
-class StackedDiffusion:
+class StackedDiffusion(_StackedStage):
     """The behaviour (diffusion, Eq. 7) stage of ``N`` seeds at once (stacked noise networks).
 
     One :class:`~torchrl_aepo.DiffusionLoss` with ``reduction="none"`` on a
@@ -231,6 +250,8 @@ class StackedDiffusion:
         seeds: the members' generator seeds (default ``0..N-1``).
         schedule: the noise schedule (default ``VPSchedule()``).
     """
+
+    stage_name = "diffusion"
 
     def __init__(
         self,
@@ -285,20 +306,6 @@ class StackedDiffusion:
             self.ema.step()
         return {"loss_diffusion": per_member.detach()}
 
-    def stage(self, dataset: TensorDictBase, total_steps: int, batch_size: int) -> Stage:
-        """A trainer stage (named ``"diffusion"``) drawing with the members' generators."""
-
-        def step(_batch: None, _step: int) -> Mapping[str, Tensor]:
-            return {k: v.mean() for k, v in self.update(self.draw(dataset, batch_size)).items()}
-
-        def stateful() -> dict[str, Any]:
-            state: dict[str, Any] = {"loss": self.loss, "optim": self.optim}
-            for k, g in enumerate(self.generators):
-                state[f"rng_member{k}"] = GeneratorState(g)
-            return state
-
-        return Stage("diffusion", int(total_steps), step, stateful, batch_size=None)
-
 
 def member_tensors(stacked: StackedModule, tensors: TensorDictBase, k: int) -> TensorDictBase:
     """Member ``k``'s slice of ``tensors``, a TensorDict keyed like ``stacked``'s own tensors
@@ -341,7 +348,7 @@ def estimate_stacked_posterior_statistics(
     return StackedPosteriorStatistics(members)
 
 
-class StackedEnergy:
+class StackedEnergy(_StackedStage):
     """The analytic energy stage (``AnalyticEnergyLoss``, Eqs. 25-26) of ``N`` seeds at once.
 
     One :class:`~torchrl_aepo.objectives.AnalyticEnergyLoss` with ``reduction="none"`` on a
@@ -366,6 +373,8 @@ class StackedEnergy:
         lr / steps / adam / lr_schedule: as in :func:`~torchrl_aepo.trainer.adam_step`.
         seeds: the members' generator seeds (default ``0..N-1``).
     """
+
+    stage_name = "energy"
 
     def __init__(
         self,
@@ -453,20 +462,6 @@ class StackedEnergy:
         self.optim(per_member.sum())
         metrics = {k: v.detach() for k, v in out.items() if k != "loss_energy" and v.numel() == 1}
         return {"loss_energy": per_member.detach(), **metrics}
-
-    def stage(self, dataset: TensorDictBase, total_steps: int, batch_size: int) -> Stage:
-        """A trainer stage (named ``"energy"``) drawing with the members' generators."""
-
-        def step(_batch: None, _step: int) -> Mapping[str, Tensor]:
-            return {k: v.mean() for k, v in self.update(self.draw(dataset, batch_size)).items()}
-
-        def stateful() -> dict[str, Any]:
-            state: dict[str, Any] = {"loss": self.loss, "optim": self.optim}
-            for k, g in enumerate(self.generators):
-                state[f"rng_member{k}"] = GeneratorState(g)
-            return state
-
-        return Stage("energy", int(total_steps), step, stateful, batch_size=None)
 
 
 def _as_stacked(module: nn.Module | Sequence[nn.Module]) -> nn.Module:
