@@ -151,17 +151,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not main:  # the other ranks only train
         return {"rank": dist.rank(), "train": summary, "run_dir": str(run_dir)}
     if summary["stopped_after"] is not None:
-        utils.close_logger(logger)
-        env.close()
-        print(
-            f"[aepo] stopped after stage '{summary['stopped_after']}' (train.stop_after_stage); "
-            f"re-run with run_dir={run_dir} to resume."
-        )
-        return {
-            "stopped_after": summary["stopped_after"],
-            "train": summary,
-            "run_dir": str(run_dir),
-        }
+        return utils.stopped_early(summary, run_dir, logger, env)
     # 5. the reported guidance degree: fixed, or chosen from dataset states (no eval episode)
     selection = None
     if aepo_cfg.guidance_rule == "critic_lower_bound":

@@ -96,17 +96,7 @@ def run(cfg: DictConfig, context: dict[str, Any]) -> dict[str, Any]:
     except (CheckpointError, NonFiniteError) as err:
         raise utils.RecipeError(str(err)) from err
     if summary["stopped_after"] is not None:
-        utils.close_logger(logger)
-        env.close()
-        print(
-            f"[aepo] stopped after stage '{summary['stopped_after']}' (train.stop_after_stage); "
-            f"re-run with run_dir={run_dir} to resume."
-        )
-        return {
-            "stopped_after": summary["stopped_after"],
-            "train": summary,
-            "run_dir": str(run_dir),
-        }
+        return utils.stopped_early(summary, run_dir, logger, env)
 
     # every member as a single-seed network set and actor, evaluated like a single run
     chosen = aepo_cfg.guidance

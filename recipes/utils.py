@@ -338,6 +338,18 @@ def check_env_matches_data(env, metadata) -> None:
         )
 
 
+def stopped_early(summary: dict, run_dir: Path, logger, env) -> dict:
+    """Close the logger and env of a run that ``train.stop_after_stage`` stopped, say how to
+    resume it, and return its (short) result."""
+    close_logger(logger)
+    env.close()
+    print(
+        f"[aepo] stopped after stage '{summary['stopped_after']}' (train.stop_after_stage); "
+        f"re-run with run_dir={run_dir} to resume."
+    )
+    return {"stopped_after": summary["stopped_after"], "train": summary, "run_dir": str(run_dir)}
+
+
 def evaluate_deployed(cfg, nets, losses, aepo_cfg, box, env, metadata, guidance, compile_options):
     """The deployed policy (``deploy.num_candidates`` guided candidates per state, one picked
     by the target critic with ``deploy.selection``) evaluated at ``guidance`` and at every
