@@ -161,7 +161,11 @@ def test_select_guidance_reads_the_critic_on_dataset_states():
     data = TensorDict(
         {"observation": torch.zeros(256, 2), "action": torch.zeros(256, 1)}, batch_size=[256]
     )
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
     choice = select_guidance(actor, Critic(), Value(), data, [0.25, 0.5, 1.0], states=128)
+    torch.testing.assert_close(torch.rand(3), expected_next)  # the global random state is kept
     advantages = [r["advantage"] for r in choice.rows]
     assert [r["guidance"] for r in choice.rows] == [0.0, 0.25, 0.5, 1.0]
     assert advantages == sorted(advantages) and advantages[-1] > advantages[0] + 0.1

@@ -74,18 +74,23 @@ def guidance_signals(
     Returns ``(signals of the dataset actions, one row per degree)``; each has ``advantage``
     (mean of ``min_k Q_k - V``), ``head_gap`` (mean ``|Q_1 - Q_2|``), ``distance_to_data`` and
     ``at_box`` (share of entries with ``|a| >= 0.999``). The actor's own guidance degree is
-    restored; its noise comes from torch's generator, seeded with ``seed`` for every degree.
+    restored; its noise comes from torch's generator, seeded with ``seed`` for every degree
+    inside a forked random state (the caller's is unchanged).
     """
     obs, data_action = batch["observation"], batch["action"]
     data_row = _rate(qvalue, value, obs, data_action, data_action)
     original, rows = actor.guidance_scale, []
+    devices = [obs.device.index or 0] if obs.is_cuda else []
     try:
-        for w in ladder:
-            actor.guidance_scale = float(w)
-            torch.manual_seed(seed)
-            td = TensorDict({"observation": obs}, batch_size=obs.shape[:1], device=obs.device)
-            action = actor(td)["action"].detach()
-            rows.append({"guidance": float(w), **_rate(qvalue, value, obs, action, data_action)})
+        with torch.random.fork_rng(devices=devices):  # the caller's random state is kept
+            for w in ladder:
+                actor.guidance_scale = float(w)
+                torch.manual_seed(seed)
+                td = TensorDict({"observation": obs}, batch_size=obs.shape[:1], device=obs.device)
+                action = actor(td)["action"].detach()
+                rows.append(
+                    {"guidance": float(w), **_rate(qvalue, value, obs, action, data_action)}
+                )
     finally:
         actor.guidance_scale = original
     return data_row, rows
