@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -146,25 +145,6 @@ def test_late_scalars_reach_the_logger_on_their_channel(tmp_path):
 
 
 # ------------------------------------------------------------------------------- the recipe
-@pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location(
-        "aepo_offline", ROOT / "recipes" / "aepo_offline.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from torchrl_aepo.data import build_local_dataset
-
-    root = tmp_path_factory.mktemp("minari")
-    build_local_dataset(TASK, root=root, num_steps=1200, ref_episodes=2)
-    return root
-
-
 def _cfg(data_root, run_dir, *extra, eval_interval=5):
     overrides = tiny_recipe_overrides(steps=20, eval_max_steps=15, eval_interval=eval_interval)
     overrides.append("train.energy.lr=0.1")  # the policy changes visibly between evaluations

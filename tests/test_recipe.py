@@ -6,7 +6,6 @@ The recipe is composed with hydra's compose API and its ``run(cfg)`` is called i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -26,25 +25,6 @@ TINY = [
     f"task={TASK}",
     *tiny_recipe_overrides(steps=30, guidance_sweep="[0.0,1.0]", eval_interval=15, logger=None),
 ]
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location(
-        "aepo_offline", ROOT / "recipes" / "aepo_offline.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from torchrl_aepo.data import build_local_dataset
-
-    root = tmp_path_factory.mktemp("minari")
-    build_local_dataset(TASK, root=root, num_steps=1200, ref_episodes=2)
-    return root
 
 
 def _cfg(data_root, run_dir, *extra):
