@@ -218,6 +218,37 @@ def test_bad_arguments():
     trainer = OfflineTrainer(stages, rb, run_dir=".")
     with pytest.raises(ValueError, match="hook destination"):
         trainer.register_op("nope", print)
+    with pytest.raises(ValueError, match=r"only_stages=\['nope'\] names \['nope'\]"):
+        OfflineTrainer(stages, rb, run_dir=".", only_stages=("nope",))
+    with pytest.raises(ValueError, match="only_stages=\\[\\] is empty"):
+        OfflineTrainer(stages, rb, run_dir=".", only_stages=())
+    with pytest.raises(ValueError, match="stop_after_stage='energy'"):
+        OfflineTrainer(stages, rb, run_dir=".", only_stages=("critic",), stop_after_stage="energy")
+
+
+def test_only_stages_trains_a_subset_that_the_full_run_restores_and_logs(tmp_path):
+    """One trainer trains the critic alone (as another process would, without a logger) when
+    the full run starts (``pre_train``, after its resume=False check); the full run trains the
+    other stages, restores the critic and sends its recorded scalars to its logger once."""
+    from torchrl.record.loggers import get_logger
+
+    def train_critic_alone() -> None:
+        stages, _, rb, _ = _setup()
+        summary = _trainer(tmp_path, stages, rb, only_stages=["critic"]).train()
+        assert list(summary["stages"]) == ["critic"] and summary["stages"]["critic"]["done"]
+        assert [p.name for p in (tmp_path / "checkpoints").glob("*.pt")] == ["critic.pt"]
+
+    stages, _, rb, _ = _setup()
+    logger = get_logger("csv", str(tmp_path / "logs"), "x")
+    trainer = _trainer(tmp_path, stages, rb, logger=logger, resume=False)
+    trainer.register_op("pre_train", train_critic_alone)
+    trainer.register_op("post_stage", lambda s, _: s == "critic" and trainer.log_history(s))
+    summary = trainer.train()["stages"]
+    assert summary["critic"]["skipped"] and summary["critic"]["steps"] == 5
+    assert not summary["diffusion"]["skipped"] and summary["energy"]["steps_this_run"] == 6
+    csv = tmp_path / "logs" / "x" / "scalars" / "critic" / "loss_qvalue.csv"
+    assert [row.split(",")[0] for row in csv.read_text().split()] == ["2", "4", "5"]
+    assert trainer.log_history("critic") == 0  # already sent: never twice
 
 
 # ------------------------------------------------------------- reproducible resume (issue 17)

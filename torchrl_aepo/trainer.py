@@ -16,6 +16,13 @@ with frozen copies of the networks of earlier stages. This module therefore keep
 adds what an offline multi-stage run needs: per-stage budgets, per-stage checkpoints and
 resume without redoing finished stages.
 
+Stages in several processes: ``only_stages`` makes a trainer train a subset of the stages (the
+others are neither set up, nor restored, nor required to be finished). Two trainers on the same
+``run_dir`` can so train independent stages at once (e.g. one process trains the critic with
+``only_stages=("critic",)`` while another trains the behaviour model); the full trainer then
+restores the finished stage from its checkpoint like any finished stage, and
+:meth:`OfflineTrainer.log_history` sends the scalars that stage recorded without a logger.
+
 Checkpoints: ``<run_dir>/checkpoints/<stage>.pt`` is written every ``checkpoint_interval``
 steps and when the stage finishes (atomically: temporary file + ``os.replace``), so a kill
 loses at most one interval. On restart the trainer loads every stage checkpoint, skips the
@@ -258,6 +265,7 @@ class GeneratorState:
 
 
 _HOOK_DESTS = (
+    "pre_train",  # op()   (train() checked resume, before the first stage)
     "pre_stage",  # op(stage_name)
     "process_optim_batch",  # op(batch) -> batch
     "post_optim",  # op(stage_name, step, metrics)   (step: 1-based count of finished steps)
@@ -287,7 +295,11 @@ class OfflineTrainer:
             checkpoint; resuming with a different configuration raises :class:`CheckpointError`.
         stop_after_stage: stop (after checkpointing) once this stage is complete.
         resume: load existing checkpoints of ``run_dir``; if ``False`` and checkpoints
-            exist, raise :class:`CheckpointError`.
+            exist when :meth:`train` starts, raise :class:`CheckpointError` (a checkpoint
+            written later, by another process training a stage of this run, is loaded).
+        only_stages: train only these stages (names of ``stages``); the others are skipped:
+            not set up, not restored and not required to be finished (another process trains
+            them). ``None`` (default): every stage.
         stage_configs: per-stage configurations, by stage name (the settings a stage and the
             stages it reads depend on; default: the whole ``config``). Their hashes are stored
             in the checkpoints, so that a new run that differs only in later stages can reuse
@@ -303,7 +315,8 @@ class OfflineTrainer:
             checkpoints and logs. ``None`` (default): when a process group with more than one
             rank is initialised (``torchrun``); a single process is unaffected.
 
-    Hooks (:meth:`register_op`): ``"pre_stage"`` ``op(stage)``; ``"process_optim_batch"``
+    Hooks (:meth:`register_op`): ``"pre_train"`` ``op()`` (after the resume check, before the
+    first stage); ``"pre_stage"`` ``op(stage)``; ``"process_optim_batch"``
     ``op(batch) -> batch``; ``"post_optim"`` ``op(stage, step, metrics)``;
     ``"post_steps_log"`` ``op(stage, step, means)``; ``"post_stage"`` ``op(stage, summary)``.
     """
@@ -325,14 +338,17 @@ class OfflineTrainer:
         generators: Mapping[str, torch.Generator] | None = None,
         stage_configs: Mapping[str, Mapping[str, Any]] | None = None,
         distributed: bool | None = None,
+        only_stages: Sequence[str] | None = None,
     ) -> None:
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"Stage names must be unique, got {names}.")
-        if stop_after_stage is not None and stop_after_stage not in names:
+        self.only_stages = _check_only_stages(only_stages, names)
+        runnable = names if self.only_stages is None else list(self.only_stages)
+        if stop_after_stage is not None and stop_after_stage not in runnable:
             raise ValueError(
                 f"stop_after_stage={stop_after_stage!r} is not a stage of this schedule; "
-                f"choose one of {names}."
+                f"choose one of {runnable}."
             )
         if log_interval < 1 or checkpoint_interval < 1:
             raise ValueError("log_interval and checkpoint_interval must be >= 1.")
@@ -393,17 +409,39 @@ class OfflineTrainer:
         value = float(value)
         step = int(step)
         self.history.setdefault(name, []).append([step, value])
+        self._send(name, value, step, channel)
+
+    def log_history(self, stage: str) -> int:
+        """Send to the logger the scalars of ``stage`` in :attr:`history` that it has not
+        received yet; returns how many were sent.
+
+        For a stage trained by another trainer without a logger (``only_stages``, e.g. in a
+        child process) and restored here from its checkpoint, whose history the checkpoint
+        holds: its scalars then reach this run's logger once (the logged steps are recorded
+        as by :meth:`log_scalar`, so a re-run does not send them again).
+        """
+        sent = 0
         if self.logger is None:
-            return
+            return sent
+        for name, points in self._stage_history(stage).items():
+            for step, value in sorted(points):
+                sent += self._send(name, float(value), int(step))
+        return sent
+
+    def _send(self, name: str, value: float, step: int, channel: str | None = None) -> bool:
+        """Send one scalar to the logger unless a previous run already did; ``True`` if sent."""
+        if self.logger is None:
+            return False
         key = name if channel is None else channel
         logged = max(self._logged.get(key, -1), self._logged.get(name.partition("/")[0], -1))
         if step <= logged:
-            return
+            return False
         self._logged[key] = step
         # Recorded before the logger writes: a kill in between loses a row, never repeats one.
         if self.checkpoint_dir is not None and self.rank == 0:
             write_json_atomic(self._logged_path, self._logged)
         self.logger.log_scalar(name, value, step=step)
+        return True
 
     @property
     def _logged_path(self) -> Path:
@@ -612,7 +650,11 @@ class OfflineTrainer:
             )
         if self.resume:
             self._load_logged_steps()
+        for op in self._ops["pre_train"]:
+            op()
         for stage in self.stages:
+            if self.only_stages is not None and stage.name not in self.only_stages:
+                continue
             self._run_stage(stage)
             if self.stop_after_stage == stage.name:
                 self.stopped_after = stage.name
@@ -620,8 +662,13 @@ class OfflineTrainer:
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
+        only = self.only_stages
         return {
-            "stages": {name: rec.summary() for name, rec in self.records.items()},
+            "stages": {
+                name: rec.summary()
+                for name, rec in self.records.items()
+                if only is None or name in only
+            },
             "stopped_after": self.stopped_after,
             "config_hash": self.config_hash,
         }
@@ -630,7 +677,9 @@ class OfflineTrainer:
         record = self.records[stage.name]
         if stage.setup is not None:
             stage.setup()
-        saved = self.load_checkpoint(stage.name) if self.resume else None
+        # With resume=False, train() checked that no checkpoint existed when it started: one
+        # found now was written during this run, by another process training this stage.
+        saved = self.load_checkpoint(stage.name)
         if saved is not None:
             objects = stage.stateful()
             missing = set(objects) - set(saved["state"])
@@ -822,6 +871,22 @@ class OfflineTrainer:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _check_only_stages(only_stages: Sequence[str] | None, names: list[str]) -> tuple | None:
+    """``only_stages`` as a tuple in schedule order, or ``None``; unknown names raise."""
+    if only_stages is None:
+        return None
+    if isinstance(only_stages, str):
+        only_stages = (only_stages,)
+    unknown = [name for name in only_stages if name not in names]
+    if unknown or not only_stages:
+        what = f"names {unknown}, which are not stages" if unknown else "is empty"
+        raise ValueError(
+            f"only_stages={list(only_stages)!r} {what}; choose a non-empty subset of the "
+            f"stages {names}."
+        )
+    return tuple(name for name in names if name in only_stages)
+
+
 def _numpy_state_to_json(state: tuple) -> list:
     name, keys, pos, has_gauss, cached = state
     return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
