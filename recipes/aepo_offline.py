@@ -36,7 +36,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from torchrl_aepo import aepo
     from torchrl_aepo import distributed as dist
     from torchrl_aepo.evaluation import guidance_sweep, sweep_table
-    from torchrl_aepo.trainer import CheckpointError, NonFiniteError, OfflineTrainer
+    from torchrl_aepo.trainer import CheckpointError, NonFiniteError
 
     wall_start = time.perf_counter()
     timeit.erase()
@@ -101,20 +101,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if main and not eval_only
         else None
     )
-    trainer = OfflineTrainer(
-        plan.stages,
-        replay_buffer,
-        run_dir=run_dir,
-        logger=logger,
-        log_interval=train_cfg.log_interval,
-        checkpoint_interval=train_cfg.checkpoint_interval,
-        progress_bar=bool(cfg.progress_bar),
-        config=(train_config := utils.training_config(cfg)),
-        stage_configs=plan.stage_configs(train_config),
-        stop_after_stage=train_cfg.stop_after_stage,
-        resume=cfg.resume is not False and cfg.resume != "false",
-        generators={"gamma": plan.gamma_generator},
-        distributed=distributed,
+    trainer = utils.make_trainer(
+        cfg, train_cfg, plan, replay_buffer, run_dir, logger=logger, distributed=distributed
     )
     if cfg.init_from is not None and not eval_only:  # reuse the finished stages of another run
         try:
@@ -139,6 +127,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
         else:
             trainer.register_op("post_optim", plan.evaluation_op(evaluate, train_cfg.eval_interval))
+    overlapped = None  # train.overlap_stages: the critic in a child process, during diffusion
+    if train_cfg.overlap_stages and not eval_only:
+        import overlapped_stages
+
+        overlapped = overlapped_stages.OverlappedStage(cfg, run_dir, trainer)
     try:
         summary = trainer.restore() if eval_only else trainer.train()
         if background is not None:  # normally nothing left: the last step waited for them
@@ -148,6 +141,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         if background is not None:
             background.close()
+        if overlapped is not None:
+            overlapped.close()
+    if overlapped is not None:
+        summary = overlapped.merge_summary(summary)
     if not main:  # the other ranks only train
         return {"rank": dist.rank(), "train": summary, "run_dir": str(run_dir)}
     if summary["stopped_after"] is not None:
@@ -198,6 +195,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     if background is not None:  # train.eval_mode=background (sync: timeit eval/during_training)
         results["timings"]["eval_during_training"] = background.stats()
+    if overlapped is not None:
+        results["timings"]["overlap"] = overlapped.timings(summary)
     name = utils.evaluation_name(cfg) if eval_only else ""  # "" | ".eval-<hash of the settings>"
     if distributed:
         results["distributed"] = {"world_size": dist.world_size(), "backend": "torchrun"}

@@ -42,6 +42,7 @@ def algorithm_config(cfg: DictConfig) -> tuple[ModelConfig, AEPOConfig, TrainCon
         raise RecipeError(str(err).strip("\"'")) from None
     problems = config_problems(*groups) + eval_problems(cfg.eval) + deploy_problems(cfg.deploy)
     problems += num_seeds_problems(cfg, groups[2].num_seeds)
+    problems += overlap_run_problems(cfg, groups[2].overlap_stages)
     if problems:
         raise RecipeError(
             f"{len(problems)} invalid setting(s), nothing was run:\n  " + "\n  ".join(problems)
@@ -63,6 +64,19 @@ def num_seeds_problems(cfg: DictConfig, num_seeds: Any) -> list[str]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         out.append(f"torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}) {suffix}; run one process")
     return out
+
+
+def overlap_run_problems(cfg: DictConfig, overlap_stages: Any) -> list[str]:
+    """The run options ``train.overlap_stages=true`` does not support (beyond the ``aepo`` /
+    ``train`` ones of :func:`~torchrl_aepo.aepo.overlap_problems`). With ``eval_only`` it is
+    ignored: nothing is trained."""
+    if overlap_stages is not True or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return []
+    return [
+        f"torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}) with train.overlap_stages=true: "
+        "the ranks train every stage together; run one process, or use "
+        "train.overlap_stages=false"
+    ]
 
 
 def eval_problems(eval_cfg: DictConfig) -> list[str]:
@@ -149,7 +163,15 @@ ABLATION_KEYS = ("critic", "energy", "num_support", "isql_beta", "cql_alpha", "c
 #: when that value is given (e.g. ``aepo.variance_weight=1``).
 LATER_TRAINING_DEFAULTS = {"variance_weight": 1.0}
 #: ``train`` keys added after runs existed, hashed only off these defaults (as above).
-LATER_TRAIN_DEFAULTS = {"num_seeds": 1}
+#: ``overlap_stages`` is an execution setting but, unlike the ``untrained`` keys of
+#: :func:`training_config` (intervals, ``eval_mode``, ``stop_after_stage``), it changes the
+#: trained weights: the overlapped critic draws from its own seeded stream, not from the random
+#: state the diffusion stage left. So it is hashed (when true): a run resumes only with the
+#: setting it started with, and a killed and resumed run still ends as the uninterrupted one.
+#: It is in no stage's own keys (``TrainingPlan.STAGE_KEYS``), so ``init_from`` reuses a
+#: finished behaviour model or critic across overlap on/off, as it already ignores which random
+#: stream a finished stage came from.
+LATER_TRAIN_DEFAULTS = {"num_seeds": 1, "overlap_stages": False}
 
 
 def training_config(cfg: DictConfig) -> dict:
@@ -188,7 +210,31 @@ def experiment_config(cfg: DictConfig) -> dict:
     for key in ("run_dir", "resume", "progress_bar", "logger", "hydra"):
         c.pop(key, None)
     c.get("train", {}).pop("eval_mode", None)  # where evaluations run, not what they give
+    if c.get("train", {}).get("overlap_stages") is False:  # older runs keep their hash
+        del c["train"]["overlap_stages"]
     return c
+
+
+def make_trainer(cfg: DictConfig, train_cfg: TrainConfig, plan, replay_buffer, run_dir: Path,
+                 **kwargs: Any):  # fmt: skip
+    """The :class:`~torchrl_aepo.trainer.OfflineTrainer` of ``plan``'s stages as configured
+    (intervals, progress bar, ``stop_after_stage``, ``resume``, the training-config hashes and
+    the ``Gamma`` generator); ``kwargs`` (``logger``, ``distributed``, ``only_stages``, ...)
+    are passed on and override these."""
+    from torchrl_aepo.trainer import OfflineTrainer
+
+    config = training_config(cfg)
+    options = {
+        "log_interval": train_cfg.log_interval,
+        "checkpoint_interval": train_cfg.checkpoint_interval,
+        "progress_bar": bool(cfg.progress_bar),
+        "config": config,
+        "stage_configs": plan.stage_configs(config),
+        "stop_after_stage": train_cfg.stop_after_stage,
+        "resume": cfg.resume is not False and cfg.resume != "false",
+        "generators": {"gamma": plan.gamma_generator},
+    }
+    return OfflineTrainer(plan.stages, replay_buffer, run_dir=run_dir, **{**options, **kwargs})
 
 
 # ------------------------------------------------------------------------------------ run dir

@@ -70,6 +70,7 @@ from torchrl_aepo.aepo.config import (
     TrainConfig,
     config_problems,
     num_seeds_problems,
+    overlap_problems,
 )
 from torchrl_aepo.aepo.guidance import GuidanceChoice, critic_lower_bound, select_guidance
 from torchrl_aepo.aepo.plan import TrainingPlan, build_training_plan
@@ -100,6 +101,7 @@ __all__ = [
     "build_training_plan",
     "config_problems",
     "num_seeds_problems",
+    "overlap_problems",
     "estimate_posterior_statistics",
     "GuidanceChoice",
     "critic_lower_bound",

@@ -411,6 +411,10 @@ class TrainConfig(_Config):
             with stacked networks (:mod:`torchrl_aepo.stacked`); ``1``: the single-seed run.
             Above 1 only the staged plan of the expectile critic and the analytic energy,
             without gradient clipping or evaluations during training.
+        overlap_stages: train the critic stage in a child process while this one trains the
+            behaviour model (``recipes/overlapped_stages.py``); an execution setting. Only the
+            staged plan with ``aepo.critic="expectile"`` (the only critic that does not read
+            the behaviour model) and one seed.
     """
 
     _group = "train."
@@ -431,6 +435,7 @@ class TrainConfig(_Config):
     eval_mode: Literal["sync", "background"] = "sync"
     stop_after_stage: str | None = None
     num_seeds: int = 1
+    overlap_stages: bool = False
 
     @classmethod
     def budget(cls, steps: int, batch_size: int, **kwargs: Any) -> TrainConfig:
@@ -501,6 +506,8 @@ class TrainConfig(_Config):
             or (self.num_seeds < 1)
         ):
             out.append(f"{prefix}num_seeds={self.num_seeds!r}: must be a positive integer")
+        if not isinstance(self.overlap_stages, bool):
+            out.append(f"{prefix}overlap_stages={self.overlap_stages!r}: use true or false")
         if self.stop_after_stage is not None and self.stop_after_stage not in self.stage_names():
             out.append(
                 f"{prefix}stop_after_stage={self.stop_after_stage!r}: use one of "
@@ -519,6 +526,7 @@ def config_problems(model: ModelConfig, aepo: AEPOConfig, train: TrainConfig) ->
             "behaviour model first); use train.plan=staged"
         )
     out += num_seeds_problems(aepo, train)
+    out += overlap_problems(aepo, train)
     stop = train.stop_after_stage
     if train.plan == "staged" and stop in ALL_STAGED and stop not in train.stage_names(aepo):
         out.append(
@@ -545,5 +553,29 @@ def num_seeds_problems(aepo: AEPOConfig, train: TrainConfig) -> list[str]:
         f"{key}={value!r} with train.num_seeds={n}: the stacked seeds support only "
         f"{key}={needed!r} (or use train.num_seeds=1, or a multirun over seed=...)"
         for key, (value, needed) in unsupported.items()
+        if value != needed
+    ]
+
+
+def overlap_problems(aepo: AEPOConfig, train: TrainConfig) -> list[str]:
+    """The settings ``train.overlap_stages=true`` does not support, each named with the fix.
+
+    It trains the critic stage in a child process while the behaviour model trains, which
+    needs a critic that never reads the behaviour model (``isql`` / ``cql`` read its support
+    actions), a plan with separate stages, and one seed (the stacked seeds train each stage
+    for all seeds in one process already).
+    """
+    if train.overlap_stages is not True:
+        return []
+    unsupported = {
+        "train.plan": (train.plan, "staged", "the joint plan has a single stage"),
+        "aepo.critic": (aepo.critic, "expectile", "this critic reads the behaviour model's "
+                        "support actions, so it must follow the diffusion stage"),
+        "train.num_seeds": (train.num_seeds, 1, "the stacked seeds are one process"),
+    }  # fmt: skip
+    return [
+        f"{key}={value!r} with train.overlap_stages=true: {why}; use {key}={needed!r} or "
+        f"train.overlap_stages=false"
+        for key, (value, needed, why) in unsupported.items()
         if value != needed
     ]
