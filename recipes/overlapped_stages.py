@@ -26,7 +26,9 @@ into the training config, see ``utils.LATER_TRAIN_DEFAULTS``).
 
 Killing the whole run (the child stops at its next step once its parent is gone) and running it
 again resumes both stages from their last checkpoints. With ``train.stop_after_stage=diffusion``
-the run stops once both overlapped stages are finished.
+the run stops once both overlapped stages are finished. As with any ``spawn`` start method, the
+child imports the main module again: a script that calls the recipe's ``run()`` needs the
+``if __name__ == "__main__":`` guard (the hydra entry point has it).
 """
 
 from __future__ import annotations
