@@ -167,7 +167,7 @@ LATER_TRAINING_DEFAULTS = {"variance_weight": 1.0}
 #: :func:`training_config` (intervals, ``eval_mode``, ``stop_after_stage``), it changes the
 #: trained weights: the overlapped critic draws from its own seeded stream, not from the random
 #: state the diffusion stage left. So it is hashed (when true): a run resumes only with the
-#: setting it started with, and a killed and resumed run still ends as the uninterrupted one.
+#: setting it started with (each stage then continues its own stream from its checkpoint).
 #: It is in no stage's own keys (``TrainingPlan.STAGE_KEYS``), so ``init_from`` reuses a
 #: finished behaviour model or critic across overlap on/off, as it already ignores which random
 #: stream a finished stage came from.
