@@ -114,6 +114,16 @@ def deploy_problems(deploy_cfg: DictConfig) -> list[str]:
         out.append(
             f"deploy.selection={deploy_cfg.get('selection')!r}: use argmax_q, softmax_q or first"
         )
+    scale = deploy_cfg.get("latent_scale")
+    if scale is not None and (
+        isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0
+    ):
+        out.append(f"deploy.latent_scale={scale!r}: must be a number >= 0 or null")
+    if k == 1 and deploy_cfg.get("selection") != "first":
+        out.append(
+            f"deploy.num_candidates=1 with deploy.selection={deploy_cfg.get('selection')!r}: one "
+            "candidate leaves nothing to select; use deploy.selection=first"
+        )
     sweep = deploy_cfg.get("guidance_sweep") or []
     if any(not isinstance(w, (int, float)) or w < 0 for w in sweep):
         out.append(f"deploy.guidance_sweep={list(sweep)}: guidance degrees must be >= 0")
@@ -154,7 +164,8 @@ def setup_runtime(
 #: ``aepo`` keys that only the sampler/evaluation reads: never hashed into the checkpoints, so
 #: ``eval_only`` may change them.
 SAMPLING_KEYS = ("guidance", "guidance_rule", "guidance_ladder", "guidance_pessimism",
-                 "guidance_states", "rescale", "num_candidates", "selection", "solver")  # fmt: skip
+                 "guidance_states", "rescale", "latent_scale", "num_candidates", "selection",
+                 "solver")  # fmt: skip
 #: ``aepo`` keys of the paper's ablations: hashed only when the critic or energy is not AEPO's.
 ABLATION_KEYS = ("critic", "energy", "num_support", "isql_beta", "cql_alpha", "cql_num_random",
                  "cql_temperature")  # fmt: skip
@@ -397,8 +408,9 @@ def stopped_early(summary: dict, run_dir: Path, logger, env) -> dict:
 
 
 def evaluate_deployed(cfg, nets, losses, aepo_cfg, box, env, metadata, guidance, compile_options):
-    """The deployed policy (``deploy.num_candidates`` guided candidates per state, one picked
-    by the target critic with ``deploy.selection``) evaluated at ``guidance`` and at every
+    """The deployed policy (``deploy.num_candidates`` guided candidates per state, drawn with
+    the latent scale ``deploy.latent_scale`` (null: ``aepo.latent_scale``), one picked by the
+    target critic with ``deploy.selection``) evaluated at ``guidance`` and at every
     degree of ``deploy.guidance_sweep``: ``(result at guidance, sweep results)``, or
     ``(None, [])`` when ``deploy.num_candidates`` is null."""
     from torchrl_aepo import aepo
@@ -410,6 +422,11 @@ def evaluate_deployed(cfg, nets, losses, aepo_cfg, box, env, metadata, guidance,
         aepo_cfg,
         num_candidates=int(cfg.deploy.num_candidates),
         selection=str(cfg.deploy.selection),
+        latent_scale=float(
+            aepo_cfg.latent_scale
+            if cfg.deploy.get("latent_scale") is None
+            else cfg.deploy.latent_scale
+        ),
     )
     actor = aepo.build_actor(
         nets,

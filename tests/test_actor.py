@@ -95,6 +95,26 @@ def test_oracle_guided_samples_match_tilted_policy():
     assert mean_err < MEAN_TOL and var_err < VAR_TOL, (mean_err, var_err)
 
 
+@pytest.mark.parametrize("tau", [0.5, 0.0])
+def test_latent_scale_narrows_the_tilted_policy_around_its_mean(tau):
+    """For the Gaussian tilt N(m, V I) the flow maps a_T = tau z to m + sqrt(V) tau z (up to the
+    alpha_T m offset of a_T's marginal), so the samples are N(m, tau^2 V I): tau = 0 is the mean."""
+    samples = oracle_samples(gaussian_actor(w=1.0, rescale=False, latent_scale=tau))
+    mean_err, var_err = moment_errors(samples, C + BETA * V * Q_DIR, tau**2 * V)
+    assert mean_err < MEAN_TOL and var_err < tau**2 * VAR_TOL + 1e-6, (mean_err, var_err)
+
+
+def test_latent_scale_one_is_bitwise_the_plain_sampler_and_is_settable():
+    plain, scaled = gaussian_actor(w=1.0), gaussian_actor(w=1.0, latent_scale=1.0)
+    torch.testing.assert_close(
+        oracle_samples(scaled, n=64), oracle_samples(plain, n=64), rtol=0, atol=0
+    )
+    scaled.latent_scale = 0.0
+    assert oracle_samples(scaled, n=64).var(0).max() < 1e-8
+    with pytest.raises(ValueError, match="latent_scale must be finite and >= 0"):
+        scaled.latent_scale = -0.5
+
+
 @pytest.mark.parametrize(
     "mutant",
     [
@@ -379,6 +399,9 @@ def test_actions_are_clipped_to_the_spec():
         ({"schedule": VPSchedule(beta_1=10.0), "solver": DPMSolver()}, "differs from the solver"),
         ({"in_keys": ["observation", "pixels"]}, "one observation key"),
         ({"guidance_scale": float("nan")}, "guidance_scale must be finite"),
+        ({"latent_scale": -1.0}, "latent_scale must be finite and >= 0"),
+        ({"latent_scale": float("inf")}, "latent_scale must be finite and >= 0"),
+        ({"latent_scale": True}, "latent_scale must be a number"),
     ],
 )
 def test_configuration_errors(kwargs, match):
@@ -396,6 +419,7 @@ def test_save_and_from_checkpoint_round_trip(tmp_path):
     critic = TwinQNetwork(HOPPER_OBS, HOPPER_ACT, num_cells=(16,))
     actor = tiny_actor(
         guidance_scale=2.0,
+        latent_scale=0.5,
         num_candidates=3,
         selection="argmax_q",
         qvalue_network=critic,
@@ -416,6 +440,7 @@ def test_save_and_from_checkpoint_round_trip(tmp_path):
         fresh = tiny_actor(
             seed=1,
             guidance_scale=2.0,
+            latent_scale=0.5,
             num_candidates=3,
             selection="argmax_q",
             qvalue_network=TwinQNetwork(HOPPER_OBS, HOPPER_ACT, num_cells=(16,)),

@@ -75,6 +75,7 @@ class _GuidedSampler(nn.Module):
         action_spec: TensorSpec,
         guidance_scale: float,
         rescale: bool,
+        latent_scale: float,
         num_candidates: int,
         selection: str,
         selection_temperature: float,
@@ -95,6 +96,7 @@ class _GuidedSampler(nn.Module):
         self.sample_dtype = action_spec.dtype
         self.guidance_scale = guidance_scale
         self.rescale = rescale
+        self.latent_scale = latent_scale
         self.num_candidates = num_candidates
         self.selection = selection
         self.selection_temperature = selection_temperature
@@ -110,6 +112,7 @@ class _GuidedSampler(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"guidance_scale={self.guidance_scale}, rescale={self.rescale}, "
+            f"latent_scale={self.latent_scale}, "
             f"num_candidates={self.num_candidates}, selection={self.selection!r}, "
             f"clip_actions={self.clip_actions}, solver={self.solver!r}"
         )
@@ -213,6 +216,8 @@ class _GuidedSampler(nn.Module):
         x_T = torch.randn(
             (obs.shape[0], self.action_dim), generator=generator, device=obs.device, dtype=obs.dtype
         )
+        if self.latent_scale != 1.0:  # the same draws, so that 1 is bitwise the plain sampler
+            x_T = x_T * self.latent_scale
         guidance = self.guidance_scale if self.guided else None
         if self.compile_options is None:
             action = self.denoise(obs, x_T, guidance)
@@ -286,7 +291,8 @@ class _GuidedSampler(nn.Module):
 class AEPOActor(SafeModule):
     """AEPO policy: guided DPM-Solver sampling from the diffusion behaviour model.
 
-    Sampling (``aepo-math.md`` §10): draw ``a_T ~ N(0, I)`` ``[*B, K, d]`` and integrate the
+    Sampling (``aepo-math.md`` §10): draw ``a_T ~ N(0, tau^2 I)`` ``[*B, K, d]`` (``tau`` is
+    ``latent_scale``, 1 by default: the model's own distribution) and integrate the
     probability-flow ODE from ``t = 1`` to ``t_min`` with ``solver``, using at every model
     evaluation (including the intermediate points of singlestep solvers) the guided noise
 
@@ -312,8 +318,8 @@ class AEPOActor(SafeModule):
     Exploration semantics: under ``ExplorationType.RANDOM`` (and when no exploration type is
     set, as in a bare ``env.rollout``) the latent noise and the ``softmax_q`` draw come from the
     global torch RNG, so repeated calls give different samples. Under ``DETERMINISTIC``,
-    ``MODE``, ``MEAN`` or ``MEDIAN`` the actor still returns a *sample of the policy* (not the
-    image of the all-zero latent, which is not a typical policy action), drawn from a
+    ``MODE``, ``MEAN`` or ``MEDIAN`` the actor still returns a *sample of the policy* (the
+    image of the all-zero latent is ``latent_scale=0``, a choice of its own), drawn from a
     ``torch.Generator`` reseeded with ``deterministic_seed`` at every call: the same batch of
     observations always gives the same actions, and the global RNG is left untouched. The noise
     of a row depends on its position in the flattened batch (row ``i`` uses draws
@@ -336,6 +342,12 @@ class AEPOActor(SafeModule):
             sampling dtype (observations are cast to it).
         guidance_scale: guidance degree ``w``. Defaults to ``1.0``. Settable on the actor.
         rescale: apply Eq. 45. Defaults to ``True``. Settable on the actor.
+        latent_scale: ``tau``, the standard deviation of the initial latent ``a_T`` (a sampling
+            temperature). ``1`` (default) samples the guided policy itself; ``tau < 1`` draws
+            from the probability-flow ODE's image of a narrower latent, which for a Gaussian
+            policy ``N(m, S)`` is exactly ``N(m, tau^2 S)``: ``0`` gives the deterministic map
+            ``s -> a(s, 0)``, the mean of a Gaussian policy, like a Gaussian actor's mode. Not
+            AEPO's policy unless 1 (a deployment choice; ``docs/locomotion.md``). Settable.
         solver: the ODE solver. Defaults to ``DPMSolver(schedule)`` (DPM-Solver++, singlestep,
             order 2, 15 evaluations: QGPO's sampler).
         schedule: the noise schedule, used for ``sigma_t``; must equal ``solver.schedule``.
@@ -398,6 +410,7 @@ class AEPOActor(SafeModule):
         action_spec: ActionSpecLike = None,
         guidance_scale: float = 1.0,
         rescale: bool = True,
+        latent_scale: float = 1.0,
         solver: DPMSolver | None = None,
         schedule: VPSchedule | None = None,
         num_candidates: int = 1,
@@ -425,6 +438,7 @@ class AEPOActor(SafeModule):
         solver, schedule = _solver_and_schedule(solver, schedule)
         if not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be finite, got {guidance_scale}.")
+        _check_latent_scale(latent_scale)
         if num_threads is not None and (
             isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
         ):
@@ -459,6 +473,7 @@ class AEPOActor(SafeModule):
             action_spec=spec,
             guidance_scale=float(guidance_scale),
             rescale=bool(rescale),
+            latent_scale=float(latent_scale),
             num_candidates=num_candidates,
             selection=selection,
             selection_temperature=float(selection_temperature),
@@ -538,6 +553,15 @@ class AEPOActor(SafeModule):
         self.module.guidance_scale = float(value)
 
     @property
+    def latent_scale(self) -> float:
+        """Standard deviation ``tau`` of the initial latent (settable; 1: the policy itself)."""
+        return self.module.latent_scale
+
+    @latent_scale.setter
+    def latent_scale(self, value: float) -> None:
+        self.module.latent_scale = _check_latent_scale(value)
+
+    @property
     def rescale(self) -> bool:
         """Whether the guided noise is rescaled (Eq. 45); settable."""
         return self.module.rescale
@@ -554,6 +578,7 @@ class AEPOActor(SafeModule):
             "action_spec": self.action_spec.clone().cpu(),
             "guidance_scale": sampler.guidance_scale,
             "rescale": sampler.rescale,
+            "latent_scale": sampler.latent_scale,
             "solver": {name: getattr(sampler.solver, name) for name in _SOLVER_ARGS},
             "schedule": self.schedule.state_dict(),
             "num_candidates": sampler.num_candidates,
@@ -668,6 +693,14 @@ class AEPOActor(SafeModule):
             schedule = kwargs.pop("schedule", schedule)
             kwargs["solver"] = DPMSolver(schedule, **solver_args)
         return cls(**kwargs)
+
+
+def _check_latent_scale(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"latent_scale must be a number >= 0, got {value!r}.")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"latent_scale must be finite and >= 0, got {value!r}.")
+    return float(value)
 
 
 class ActorCheckpointError(ValueError):

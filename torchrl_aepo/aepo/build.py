@@ -309,6 +309,7 @@ def build_actor(
         action_spec=Bounded(low, high, shape=low.shape, dtype=torch.float32),
         guidance_scale=float(aepo.guidance if guidance is None else guidance),
         rescale=bool(aepo.rescale),
+        latent_scale=float(aepo.latent_scale),
         solver=solver,
         num_candidates=int(aepo.num_candidates),
         selection=str(aepo.selection),

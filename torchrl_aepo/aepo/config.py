@@ -195,6 +195,9 @@ class AEPOConfig(_Config):
             with the largest critic advantage minus ``guidance_pessimism`` times the twin
             heads' disagreement).
         rescale: guidance rescaling (Eq. 45).
+        latent_scale: standard deviation ``tau >= 0`` of the sampler's initial latent
+            (:class:`~torchrl_aepo.AEPOActor`): ``1`` (default) samples the policy itself,
+            ``0`` its deterministic image of the zero latent (a Gaussian policy's mean).
         num_candidates / selection: ``K`` actions per state and how one is picked
             (``"first"``, ``"argmax_q"``, ``"softmax_q"``).
         solver: the sampler.
@@ -223,6 +226,7 @@ class AEPOConfig(_Config):
     guidance_pessimism: float = 1.0
     guidance_states: int = 1024
     rescale: bool = True
+    latent_scale: float = 1.0
     num_candidates: int = 1
     selection: Literal["first", "argmax_q", "softmax_q"] = "first"
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -283,6 +287,9 @@ class AEPOConfig(_Config):
             out.append(f"{prefix}guidance_pessimism={pessimism!r}: must be >= 0")
         if not isinstance(self.guidance_states, int) or self.guidance_states < 1:
             out.append(f"{prefix}guidance_states={self.guidance_states!r}: must be an integer >= 1")
+        scale = self.latent_scale
+        if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and scale >= 0):
+            out.append(f"{prefix}latent_scale={scale!r}: must be a number >= 0")
         if not isinstance(self.num_candidates, int) or self.num_candidates < 1:
             out.append(f"{prefix}num_candidates={self.num_candidates!r}: must be >= 1")
         if self.selection not in ("first", "argmax_q", "softmax_q"):
