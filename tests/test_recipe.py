@@ -233,11 +233,14 @@ def test_bad_settings_are_refused_before_any_work(recipe, data_root, tmp_path):
         "eval.num_envs=-2",
         "aepo.expectile=1.5",
         "aepo.solver.steps=0",
+        "aepo.latent_scale=-1",
+        "deploy.latent_scale=-0.5",
+        "deploy.num_candidates=1",  # with deploy.selection=argmax_q: nothing to select
     ]
     with pytest.raises(recipe.RecipeError) as err:
         recipe.run(_cfg(data_root, run_dir, *bad))
     message = str(err.value)
-    assert "7 invalid setting(s)" in message
+    assert "10 invalid setting(s)" in message
     for override in bad:
         assert override in message, (override, message)
     assert not run_dir.exists()  # refused before the run dir, data or training
