@@ -185,7 +185,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results = utils.results_dict(
         cfg, task, metadata, len(replay_buffer), summary, sweep, chosen, during, device, run_dir
     )
-    results["deployed"] = None if deployed is None else {**deployed.to_dict(), **dict(cfg.deploy)}
+    results["deployed"] = (
+        None
+        if deployed is None
+        else {
+            **deployed.to_dict(),
+            **dict(cfg.deploy),
+            "latent_scale": utils.deployed_latent_scale(cfg, aepo_cfg),
+        }
+    )
     results["deployed_sweep"] = [r.to_dict() for r in deployed_sweep]
     results["guidance_selection"] = None if selection is None else selection.to_dict()
     results["timings"].update(
@@ -204,10 +212,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_dir, trainer.history, results, title=f"{task.name} (seed {cfg.seed})", suffix=name
     )
     results["timings"]["total_seconds"] = round(time.perf_counter() - wall_start, 3)
-    utils.write_results(run_dir / f"results{name}.json", results)
+    path = utils.write_results(run_dir / f"results{name}.json", results)
     utils.close_logger(logger)
     env.close()  # the subprocesses of eval.backend=async
-    utils.print_report(results, sweep_table(sweep, chosen))
+    utils.print_report(results, sweep_table(sweep, chosen), path)
     return results
 
 

@@ -126,7 +126,11 @@ def run(cfg: DictConfig, context: dict[str, Any]) -> dict[str, Any]:
                 "behaviour": by_w[0.0].to_dict(),
                 "deployed": None
                 if deployed is None
-                else {**deployed.to_dict(), **dict(cfg.deploy)},
+                else {
+                    **deployed.to_dict(),
+                    **dict(cfg.deploy),
+                    "latent_scale": utils.deployed_latent_scale(cfg, aepo_cfg),
+                },
                 "guidance_sweep": [r.to_dict() for r in sweep],
                 "deployed_sweep": [r.to_dict() for r in deployed_sweep],
             }
@@ -162,6 +166,7 @@ def run(cfg: DictConfig, context: dict[str, Any]) -> dict[str, Any]:
         results["deployed"] = {
             **deployed_sweep[degrees.index(float(chosen))].to_dict(),
             **dict(cfg.deploy),
+            "latent_scale": utils.deployed_latent_scale(cfg, aepo_cfg),
         }
     results["deployed_sweep"] = [r.to_dict() for r in deployed_sweep]
     results["timings"].update(

@@ -422,11 +422,7 @@ def evaluate_deployed(cfg, nets, losses, aepo_cfg, box, env, metadata, guidance,
         aepo_cfg,
         num_candidates=int(cfg.deploy.num_candidates),
         selection=str(cfg.deploy.selection),
-        latent_scale=float(
-            aepo_cfg.latent_scale
-            if cfg.deploy.get("latent_scale") is None
-            else cfg.deploy.latent_scale
-        ),
+        latent_scale=deployed_latent_scale(cfg, aepo_cfg),
     )
     actor = aepo.build_actor(
         nets,
@@ -441,6 +437,13 @@ def evaluate_deployed(cfg, nets, losses, aepo_cfg, box, env, metadata, guidance,
     degrees = sorted({float(guidance), *[float(w) for w in (cfg.deploy.guidance_sweep or [])]})
     sweep = guidance_sweep(actor, env, degrees, **kwargs)
     return sweep[degrees.index(float(guidance))], sweep
+
+
+def deployed_latent_scale(cfg: DictConfig, aepo_cfg) -> float:
+    """The deployed sampler's latent scale: ``deploy.latent_scale``, or ``aepo.latent_scale``
+    when that is null."""
+    scale = cfg.deploy.get("latent_scale")
+    return float(aepo_cfg.latent_scale if scale is None else scale)
 
 
 def eval_kwargs(eval_cfg: DictConfig, metadata, episodes: int) -> dict:
@@ -732,8 +735,9 @@ def _non_finite(obj: Any, prefix: str) -> list[tuple[str, float]]:
     return []
 
 
-def print_report(results: dict, table: str) -> None:
-    """The end-of-run summary on stdout."""
+def print_report(results: dict, table: str, path: Path | None = None) -> None:
+    """The end-of-run summary on stdout; ``path``: the results file written (default
+    ``<run_dir>/results.json``)."""
     f, b = results["final"], results["behaviour"]
     t = results["timings"]
     stages = ", ".join(
@@ -756,7 +760,8 @@ def print_report(results: dict, table: str) -> None:
     if results.get("deployed"):
         d = results["deployed"]
         print(
-            f"  deployed      w={d['guidance']:g}, K={d['num_candidates']} ({d['selection']}): "
+            f"  deployed      w={d['guidance']:g}, K={d['num_candidates']} ({d['selection']}), "
+            f"latent scale {d.get('latent_scale', 1.0):g}: "
             f"normalized score {d['normalized_mean']:.1f} ± {d['normalized_std']:.1f}"
         )
         others = [r for r in results.get("deployed_sweep", []) if r["guidance"] != d["guidance"]]
@@ -770,7 +775,7 @@ def print_report(results: dict, table: str) -> None:
         f"  wall time {t['total_seconds']:.0f} s: data {t['data_seconds']:.0f} s, {stages}, "
         f"eval {t['eval_seconds']:.0f} s"
     )
-    print(f"  results: {results['run_dir']}/results.json")
+    print(f"  results: {path or Path(results['run_dir']) / 'results.json'}")
     print("=" * 78)
 
 

@@ -338,6 +338,7 @@ def test_eval_only_evaluates_a_finished_run_under_other_sampling_settings(
             "eval.guidance_sweep=[0.0]",
             "deploy.num_candidates=3",
             "deploy.guidance_sweep=[0.0]",
+            "deploy.latent_scale=0.5",
             *sampling,
         )
     )
@@ -348,6 +349,7 @@ def test_eval_only_evaluates_a_finished_run_under_other_sampling_settings(
     on_disk = json.loads(written[0].read_text())
     assert on_disk["final"]["guidance"] == 2.0
     assert on_disk["deployed"]["num_candidates"] == 3 and on_disk["deployed"]["guidance"] == 2.0
+    assert on_disk["deployed"]["latent_scale"] == 0.5  # the effective value is recorded
     assert len(on_disk["deployed"]["returns"]) == 2
     assert [r["guidance"] for r in on_disk["deployed_sweep"]] == [0.0, 2.0]
     assert on_disk["deployed_sweep"][1] == {
