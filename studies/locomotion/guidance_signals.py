@@ -1,7 +1,7 @@
 """Offline signals of a trained run's guided policies, per guidance degree (no env episodes).
 
     python -m studies.locomotion.guidance_signals RUN_DIR [--states 1024] [--guidance 0 0.1 0.5 1 2]
-        [--no-rescale] [--candidates K] [--out FILE.json]
+        [--no-rescale] [--candidates K] [--latent-scale TAU] [--out FILE.json]
 
 For ``--states`` dataset states the run's faithful actor (K = 1) samples one action per state at
 each guidance degree ``w``; the critic the run trained rates them. Reported per ``w``, as means
@@ -40,13 +40,16 @@ def run_guidance_signals(
     rescale: bool | None,
     seed: int = 0,
     candidates: int = 1,
+    latent_scale: float = 1.0,
 ):
     """:func:`~torchrl_aepo.aepo.select_guidance` on a finished run's actor (``candidates``
-    > 1: the deployed actor, the critic's argmax of that many samples)."""
+    > 1: the critic's argmax of that many samples; ``latent_scale``: the sampler's initial
+    latent scale, 0 for the deterministic deployed sampler of ``preset=locomotion``)."""
     run = load_trained_run(run_dir)
     aepo = run.aepo if rescale is None else dataclasses.replace(run.aepo, rescale=rescale)
     if candidates > 1:
         aepo = dataclasses.replace(aepo, num_candidates=candidates, selection="argmax_q")
+    aepo = dataclasses.replace(aepo, latent_scale=latent_scale)
     energy = build_energy_loss(run.nets, run.losses, aepo, run.posterior)
     energy.load_state_dict(stage_checkpoint(run_dir, "energy")["state"]["loss"])
     actor = build_actor(run.nets, run.losses, aepo)
@@ -54,7 +57,7 @@ def run_guidance_signals(
     choice = select_guidance(actor, qvalue, run.nets.value, run.replay_buffer[:], degrees,
                              states=states, seed=seed)  # fmt: skip
     return {"run_dir": str(run_dir), "task": run.config["task"]["name"],
-            "rescale": aepo.rescale, **choice.to_dict()}  # fmt: skip
+            "rescale": aepo.rescale, "latent_scale": latent_scale, **choice.to_dict()}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, nargs="+", default=[0.0, 0.1, 0.5, 1.0, 2.0])
     parser.add_argument("--no-rescale", action="store_true")
     parser.add_argument("--candidates", type=int, default=1)
+    parser.add_argument("--latent-scale", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         args.guidance,
         False if args.no_rescale else None,
         candidates=args.candidates,
+        latent_scale=args.latent_scale,
     )
     d = result["dataset_actions"]
     print(f"{result['task']} (rescale {result['rescale']}): dataset actions: "
