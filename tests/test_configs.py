@@ -73,6 +73,14 @@ def test_defaults_and_presets():
     assert paper.train.gamma_table.samples_per_time == 4096
     quick = _compose(["preset=quick"])
     assert quick.train.diffusion.steps < paper.train.diffusion.steps
+    # locomotion: the faithful policy samples (aepo.latent_scale 1), the deployed one is the
+    # sampler from the zero latent, one action per state, and passes the deploy checks
+    loco = _compose(["preset=locomotion", "task=hopper-medium-local"])
+    assert loco.aepo.latent_scale == 1.0 and loco.aepo.guidance_rule == "critic_lower_bound"
+    assert dict(loco.deploy) == {
+        "num_candidates": 1, "selection": "first", "latent_scale": 0.0, "guidance_sweep": [0.0],
+    }  # fmt: skip
+    assert _recipe_utils().deploy_problems(loco.deploy) == []
 
 
 def test_command_line_overrides():
