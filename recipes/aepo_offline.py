@@ -185,15 +185,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results = utils.results_dict(
         cfg, task, metadata, len(replay_buffer), summary, sweep, chosen, during, device, run_dir
     )
-    results["deployed"] = (
-        None
-        if deployed is None
-        else {
-            **deployed.to_dict(),
-            **dict(cfg.deploy),
-            "latent_scale": utils.deployed_latent_scale(cfg, aepo_cfg),
-        }
-    )
+    results["deployed"] = utils.deployed_record(deployed, cfg, aepo_cfg)
     results["deployed_sweep"] = [r.to_dict() for r in deployed_sweep]
     results["guidance_selection"] = None if selection is None else selection.to_dict()
     results["timings"].update(

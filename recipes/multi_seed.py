@@ -124,13 +124,7 @@ def run(cfg: DictConfig, context: dict[str, Any]) -> dict[str, Any]:
                 "seed": seed,
                 "final": by_w[chosen].to_dict(),
                 "behaviour": by_w[0.0].to_dict(),
-                "deployed": None
-                if deployed is None
-                else {
-                    **deployed.to_dict(),
-                    **dict(cfg.deploy),
-                    "latent_scale": utils.deployed_latent_scale(cfg, aepo_cfg),
-                },
+                "deployed": utils.deployed_record(deployed, cfg, aepo_cfg),
                 "guidance_sweep": [r.to_dict() for r in sweep],
                 "deployed_sweep": [r.to_dict() for r in deployed_sweep],
             }
@@ -163,11 +157,9 @@ def run(cfg: DictConfig, context: dict[str, Any]) -> dict[str, Any]:
         results["deployed"] = None
     else:
         degrees = [r.guidance for r in deployed_sweep]
-        results["deployed"] = {
-            **deployed_sweep[degrees.index(float(chosen))].to_dict(),
-            **dict(cfg.deploy),
-            "latent_scale": utils.deployed_latent_scale(cfg, aepo_cfg),
-        }
+        results["deployed"] = utils.deployed_record(
+            deployed_sweep[degrees.index(float(chosen))], cfg, aepo_cfg
+        )
     results["deployed_sweep"] = [r.to_dict() for r in deployed_sweep]
     results["timings"].update(
         data_seconds=round(c["data_seconds"], 3), eval_seconds=round(eval_seconds, 3)

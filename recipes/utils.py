@@ -446,6 +446,19 @@ def deployed_latent_scale(cfg: DictConfig, aepo_cfg) -> float:
     return float(aepo_cfg.latent_scale if scale is None else scale)
 
 
+def deployed_record(result, cfg: DictConfig, aepo_cfg) -> dict | None:
+    """results.json ``deployed``: the evaluation ``result`` (an ``EvalResult``, or ``None``
+    when the deployed policy was not evaluated) with the ``deploy`` settings, its latent
+    scale the effective one (:func:`deployed_latent_scale`)."""
+    if result is None:
+        return None
+    return {
+        **result.to_dict(),
+        **dict(cfg.deploy),
+        "latent_scale": deployed_latent_scale(cfg, aepo_cfg),
+    }
+
+
 def eval_kwargs(eval_cfg: DictConfig, metadata, episodes: int) -> dict:
     """Keyword arguments of :func:`~torchrl_aepo.evaluation.guidance_sweep`."""
     from torchrl_aepo.data import normalized_score
