@@ -25,32 +25,19 @@ the env's Python code), so the stage time drops by less than the sync evaluation
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import io
-import json
-import os
-import platform
 import sys
-import tempfile
-from pathlib import Path
 
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-TASK = "pendulum-medium-expert"
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location(
-        "aepo_offline", ROOT / "recipes" / "aepo_offline.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks.recipe_rounds import (
+    TASK,
+    best_rounds,
+    cells_overrides,
+    machine,
+    run_quietly,
+    write_record,
+)
 
 
-def _overrides(args, data_root: Path, run_dir: Path, mode: str) -> list[str]:
+def _overrides(args, data_root, run_dir, mode: str) -> list[str]:
     out = [
         f"task={TASK}", f"data.root={data_root}", f"run_dir={run_dir}", "threads=1",
         "device=cpu", "progress_bar=false", "logger=none",
@@ -63,17 +50,11 @@ def _overrides(args, data_root: Path, run_dir: Path, mode: str) -> list[str]:
         f"eval.num_envs={args.episodes}", "eval.episodes=1", f"eval.max_steps={args.max_steps}",
         "eval.guidance_sweep=[0.0]", f"aepo.solver.steps={args.solver_steps}",
     ]  # fmt: skip
-    if args.cells:
-        cells = "[" + ",".join(str(c) for c in args.cells) + "]"
-        out += [f"model.{n}_num_cells={cells}" for n in ("noise", "qvalue", "value", "energy")]
-        out += ["model.noise_network=mlp"]
-    return out
+    return out + cells_overrides(args.cells)
 
 
 def _measure(recipe, cfg, mode: str) -> dict:
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):
-        results = recipe.run(cfg)
+    results = run_quietly(recipe, cfg)
     stage = results["train"]["stages"]["energy"]
     timings = results["timings"]
     if mode == "sync":
@@ -112,31 +93,23 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tiny:
         args.steps, args.eval_interval, args.episodes, args.max_steps = 400, 100, 2, 30
         args.batch_size, args.solver_steps, args.cells = 64, 4, [32, 32]
-    from hydra import compose, initialize_config_dir
 
-    from torchrl_aepo.data import build_local_dataset
+    def report(r: int, row: dict) -> None:
+        print(
+            f"round {r} {row['mode']:10s}: stage {row['stage_seconds']:8.2f} s, eval in the "
+            f"training thread {row['eval_in_training_thread_s']:7.2f} s "
+            f"({100 * row['eval_share_of_stage']:.1f} %), rollouts "
+            f"{row['eval_rollout_s']:.2f} s, {row['evaluations']} evaluations"
+        )
 
-    recipe = _recipe()
-    best: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        data_root = Path(tmp) / "minari"
-        build_local_dataset(TASK, root=data_root, num_steps=5000, ref_episodes=2)
-        for r in range(args.repeats):
-            for mode in ("sync", "background"):  # interleaved: the same machine load
-                run_dir = Path(tmp) / f"{mode}{r}"
-                with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-                    cfg = compose(
-                        config_name="config", overrides=_overrides(args, data_root, run_dir, mode)
-                    )
-                row = _measure(recipe, cfg, mode)
-                print(
-                    f"round {r} {mode:10s}: stage {row['stage_seconds']:8.2f} s, eval in the "
-                    f"training thread {row['eval_in_training_thread_s']:7.2f} s "
-                    f"({100 * row['eval_share_of_stage']:.1f} %), rollouts "
-                    f"{row['eval_rollout_s']:.2f} s, {row['evaluations']} evaluations"
-                )
-                if mode not in best or row["stage_seconds"] < best[mode]["stage_seconds"]:
-                    best[mode] = row
+    best = best_rounds(
+        ("sync", "background"),
+        args.repeats,
+        lambda data_root, run_dir, mode: _overrides(args, data_root, run_dir, mode),
+        _measure,
+        "stage_seconds",
+        report,
+    )
     sync, background = best["sync"], best["background"]
     if sync["eval_during_training"] != background["eval_during_training"]:
         raise AssertionError("sync and background recorded different evaluations")
@@ -148,20 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     out = {
         "command": "OMP_NUM_THREADS=1 python -m benchmarks.eval_overlap " + " ".join(argv or []),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_1min": os.getloadavg()[0],
-        },
+        "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "rows": [sync, background],
         "stage_speedup": round(speedup, 3),
     }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_record(out, args.out)
     return out
 
 

@@ -23,33 +23,22 @@ busy the two processes share what is left.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import io
-import json
 import os
-import platform
 import sys
-import tempfile
-from pathlib import Path
 
-import torch
+from benchmarks.recipe_rounds import (
+    TASK,
+    best_rounds,
+    cells_overrides,
+    machine,
+    run_quietly,
+    write_record,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-TASK = "pendulum-medium-expert"
 MODES = {"sequential": "false", "overlapped": "true"}
 
 
-def _recipe():
-    spec = importlib.util.spec_from_file_location(
-        "aepo_offline", ROOT / "recipes" / "aepo_offline.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _overrides(args, data_root: Path, run_dir: Path, mode: str) -> list[str]:
+def _overrides(args, data_root, run_dir, mode: str) -> list[str]:
     steps = {"diffusion": args.diffusion_steps, "critic": args.critic_steps,
              "energy": args.energy_steps}  # fmt: skip
     out = [
@@ -62,17 +51,11 @@ def _overrides(args, data_root: Path, run_dir: Path, mode: str) -> list[str]:
     ]  # fmt: skip
     for stage, n in steps.items():
         out += [f"train.{stage}.steps={n}", f"train.{stage}.batch_size={args.batch_size}"]
-    if args.cells:
-        cells = "[" + ",".join(str(c) for c in args.cells) + "]"
-        out += [f"model.{n}_num_cells={cells}" for n in ("noise", "qvalue", "value", "energy")]
-        out += ["model.noise_network=mlp"]
-    return out
+    return out + cells_overrides(args.cells)
 
 
 def _measure(recipe, cfg, mode: str) -> dict:
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):
-        results = recipe.run(cfg)
+    results = run_quietly(recipe, cfg)
     timings = results["timings"]
     seconds = {name: stage["seconds"] for name, stage in timings["stages"].items()}
     if mode == "overlapped":
@@ -114,26 +97,14 @@ def main(argv: list[str] | None = None) -> dict:
         args.diffusion_steps, args.critic_steps, args.energy_steps = 100, 200, 20
         args.batch_size, args.log_interval, args.max_steps = 64, 50, 20
         args.solver_steps, args.cells = 4, [32, 32]
-    from hydra import compose, initialize_config_dir
-
-    from torchrl_aepo.data import build_local_dataset
-
-    recipe = _recipe()
-    best: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        data_root = Path(tmp) / "minari"
-        build_local_dataset(TASK, root=data_root, num_steps=5000, ref_episodes=2)
-        for r in range(args.repeats):
-            for mode in MODES:  # interleaved: the same machine load
-                run_dir = Path(tmp) / f"{mode}{r}"
-                with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-                    cfg = compose(
-                        config_name="config", overrides=_overrides(args, data_root, run_dir, mode)
-                    )
-                row = _measure(recipe, cfg, mode)
-                _print_row(r, row)
-                if mode not in best or row["total_wall_s"] < best[mode]["total_wall_s"]:
-                    best[mode] = row
+    best = best_rounds(
+        MODES,
+        args.repeats,
+        lambda data_root, run_dir, mode: _overrides(args, data_root, run_dir, mode),
+        _measure,
+        "total_wall_s",
+        _print_row,
+    )
     seq, ovl = best["sequential"], best["overlapped"]
     part = seq["diffusion_critic_wall_s"] / ovl["diffusion_critic_wall_s"]
     total = seq["total_wall_s"] / ovl["total_wall_s"]
@@ -145,20 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     out = {
         "command": "OMP_NUM_THREADS=1 python -m benchmarks.overlap_stages " + " ".join(argv or []),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_1min": os.getloadavg()[0],
-        },
+        "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "rows": [seq, ovl],
         "diffusion_critic_speedup": round(part, 3),
         "total_speedup": round(total, 3),
     }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_record(out, args.out)
     return out
 
 
