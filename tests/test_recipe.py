@@ -388,6 +388,20 @@ def test_init_from_reuses_the_stages_whose_settings_are_unchanged(recipe, data_r
     b = torch.load(tmp_path / "energy_only" / "checkpoints" / "diffusion.pt", weights_only=True)
     assert all(torch.equal(v, b["state"]["loss"][k]) for k, v in a.items())
     assert b["imported_from"].endswith("diffusion.pt")
+    # another energy (an ablation) on the same expectile critic reuses it too
+    mse = recipe.run(
+        _cfg(
+            data_root,
+            tmp_path / "mse",
+            f"init_from={first}",
+            "ablation=mse",
+            "train.eval_interval=0",
+        )
+    )
+    assert [k for k, v in mse["train"]["stages"].items() if v["skipped"]] == [
+        "diffusion",
+        "critic",
+    ]
     # a behaviour-model setting changes: the critic (independent of it) is the only reuse
     other = recipe.run(
         _cfg(

@@ -131,12 +131,15 @@ class TrainingPlan:
     _BEHAVIOUR_KEYS = ("model.noise_network", "model.noise_widths", "model.noise_num_cells",
                        "train.diffusion")  # fmt: skip
     _SUPPORT_KEYS = ("aepo.critic", "aepo.energy", "aepo.num_support", "train.supports")
+    #: The critic-ablation keys: read only by an ISQL or CQL critic, so absent from the
+    #: expectile critic's stage (an energy ablation then reuses a default run's critic).
+    _CRITIC_ABLATION_KEYS = ("aepo.critic", "aepo.isql_beta", "aepo.cql_alpha",
+                             "aepo.cql_num_random", "aepo.cql_temperature")  # fmt: skip
     STAGE_KEYS = {
         "diffusion": _BEHAVIOUR_KEYS,
         "supports": (*_BEHAVIOUR_KEYS, *_SUPPORT_KEYS),
         "critic": ("model.qvalue_num_cells", "model.value_num_cells", "aepo.expectile",
-                   "aepo.discount", "aepo.critic", "aepo.isql_beta", "aepo.cql_alpha",
-                   "aepo.cql_num_random", "aepo.cql_temperature", "train.critic"),
+                   "aepo.discount", "train.critic"),
         "gamma": (*_BEHAVIOUR_KEYS, "train.gamma_table"),
     }  # fmt: skip
 
@@ -148,13 +151,16 @@ class TrainingPlan:
         settings (a critic that reads support actions, ``aepo.critic=isql|cql``, also on the
         behaviour model's and the supports'); the energy (and the joint loop) on everything.
         So a run that changes, say, ``aepo.beta`` or ``aepo.energy_baseline`` reuses the
-        first stages of a finished run (``init_from``) and trains only the energy.
+        first stages of a finished run (``init_from``) and trains only the energy; so does one
+        that swaps the energy (``aepo.energy=mse|dps|cep``), whose expectile critic reads none
+        of the critic-ablation keys.
         """
         out = {}
         for stage in self.stages:
             keys = self.STAGE_KEYS.get(stage.name)
             if stage.name == "critic" and self.aepo.critic != "expectile":
-                keys = (*keys, *self._BEHAVIOUR_KEYS, *self._SUPPORT_KEYS)
+                keys = (*keys, *self._CRITIC_ABLATION_KEYS, *self._BEHAVIOUR_KEYS,
+                        *self._SUPPORT_KEYS)  # fmt: skip
             out[stage.name] = (
                 dict(config) if keys is None else _select(config, (*self.SHARED_KEYS, *keys))
             )
