@@ -46,3 +46,15 @@ def test_main_reads_and_copies_the_files(tmp_path):
     ]
     with pytest.raises(SystemExit):
         main([])  # --aepo is required
+
+
+def test_a_different_deployed_policy_is_marked_and_left_out_of_the_mean():
+    old = _aepo(1, 6.0, 7.0, 12.0)
+    old["deployed"].update(num_candidates=16, latent_scale=None)
+    table = build_seed_table([_aepo(0, 8.0, 9.0, 20.0), old, _aepo(2, 7.0, 8.0, 10.0)], [])
+    rows = table.splitlines()
+    assert "12.0 (other deployed policy: K = 16, latent scale None; not in the mean)" in rows[3]
+    assert (
+        rows[-1]
+        == "| mean ± std (3 seeds) | 7.0 ± 1.0 | – | 8.0 ± 1.0 | 15.0 ± 7.1 (2 seeds) | – |"
+    )
