@@ -53,7 +53,10 @@ def test_a_different_deployed_policy_is_marked_and_left_out_of_the_mean():
     old["deployed"].update(num_candidates=16, latent_scale=None)
     table = build_seed_table([_aepo(0, 8.0, 9.0, 20.0), old, _aepo(2, 7.0, 8.0, 10.0)], [])
     rows = table.splitlines()
-    assert "12.0 (other deployed policy: K = 16, latent scale None; not in the mean)" in rows[3]
+    assert (
+        "12.0 (other deployed policy: critic's pick of 16, latent scale 1; not in the mean)"
+        in rows[3]
+    )
     assert (
         rows[-1]
         == "| mean ± std (3 seeds) | 7.0 ± 1.0 | – | 8.0 ± 1.0 | 15.0 ± 7.1 (2 seeds) | – |"

@@ -48,7 +48,8 @@ def _deployed_at(results: dict, guidance: float) -> dict | None:
     return deployed if deployed and deployed["guidance"] == guidance else None
 
 
-def _deployed_name(results: dict) -> str | None:
+def deployed_name(results: dict) -> str | None:
+    """A results file's deployed policy in words, e.g. ``"one sample, latent scale 0"``."""
     deployed = results.get("deployed")
     if not deployed:
         return None
@@ -77,7 +78,7 @@ def build_table(spec: dict, root: Path, copy_to: Path | None = None) -> str:
     deployed_names = []  # in order of first appearance
     for runs in loaded.values():
         for key in ("deployed", "aepo"):
-            name = _deployed_name(runs[key]) if key in runs else None
+            name = deployed_name(runs[key]) if key in runs else None
             if name is not None and name not in deployed_names:
                 deployed_names.append(name)
     header = ["dataset", "BC (w = 0)", "w chosen", "AEPO faithful"]
@@ -92,7 +93,7 @@ def build_table(spec: dict, root: Path, copy_to: Path | None = None) -> str:
         chosen = final["guidance"]
         how = "rule" if aepo.get("guidance_selection") else "fixed"
         cells = [dataset, _score(aepo["behaviour"]), f"{chosen:g} ({how})", _score(final)]
-        by_name = {_deployed_name(runs[k]): runs[k] for k in ("aepo", "deployed") if k in runs}
+        by_name = {deployed_name(runs[k]): runs[k] for k in ("aepo", "deployed") if k in runs}
         for name in deployed_names:
             results = by_name.get(name)
             cells += (

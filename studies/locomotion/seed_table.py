@@ -6,10 +6,10 @@
 Per seed, from each AEPO run's results file: the behaviour model (``w = 0``), the reported
 guidance degree, the faithful policy and the deployed policy; from each IQL run its final
 policy. The last row is the mean over seeds of the per-seed means, ± their standard deviation
-(over seeds, ``n - 1``). The deployed column is the first AEPO file's deployed policy
-(``num_candidates``, ``latent_scale``); a file whose deployed policy differs shows its score
-marked with its settings and is left out of that column's mean. Every number is read from
-the files; nothing is chosen here.
+(over seeds, ``n - 1``). The deployed column is the first AEPO file's deployed policy (as
+:func:`~studies.locomotion.ladder_table.deployed_name` names it); a file whose deployed
+policy differs shows its score marked with its name and is left out of that column's mean.
+Every number is read from the files; nothing is chosen here.
 ``--copy-to`` copies every file read (renamed ``<name>.aepo<i>.json`` / ``<name>.iql<i>.json``).
 """
 
@@ -21,18 +21,13 @@ import shutil
 import statistics
 from pathlib import Path
 
+from studies.locomotion.ladder_table import deployed_name
+
 _AEPO_COLUMNS = ("behaviour", "final", "deployed")
 
 
 def _mean(entry: dict | None) -> float | None:
     return None if not entry else float(entry["normalized_mean"])
-
-
-def _deployed_setting(run: dict) -> tuple | None:
-    deployed = run.get("deployed")
-    if not deployed:
-        return None
-    return (deployed.get("num_candidates", 1), deployed.get("latent_scale", 1.0))
 
 
 def _cell(value: float | None, spread: float | None = None) -> str:
@@ -60,7 +55,7 @@ def build_seed_table(aepo: list[dict], iql: list[dict]) -> str:
         "|---|---|---|---|---|---|",
     ]
     columns: dict[str, list[float]] = {key: [] for key in (*_AEPO_COLUMNS, "iql")}
-    setting = next((_deployed_setting(r) for r in aepo if _deployed_setting(r)), None)
+    policy = next(filter(None, map(deployed_name, aepo)), None)
     for i in range(seeds):
         run = aepo[i] if i < len(aepo) else {}
         base = iql[i] if i < len(iql) else {}
@@ -68,9 +63,8 @@ def build_seed_table(aepo: list[dict], iql: list[dict]) -> str:
         values = {key: _mean(run.get(key)) for key in _AEPO_COLUMNS}
         values["iql"] = _mean(base.get("final"))
         deployed = _cell(values["deployed"])
-        if values["deployed"] is not None and _deployed_setting(run) != setting:
-            k, scale = _deployed_setting(run)
-            deployed += f" (other deployed policy: K = {k}, latent scale {scale}; not in the mean)"
+        if values["deployed"] is not None and deployed_name(run) != policy:
+            deployed += f" (other deployed policy: {deployed_name(run)}; not in the mean)"
             values["deployed"] = None
         for key, value in values.items():
             if value is not None:
