@@ -51,6 +51,10 @@ def dataset_view(run, run_dir: Path, medium, expert, ladder: list[float]) -> dic
         "expert half": torch.randint(half, len(data), (512,), generator=g),
     }
     critic, value = run.losses.critic.target_qvalue_network(), run.nets.value
+    actors = {
+        w: AEPOActor.from_checkpoint(run_dir / "actor.pt", guidance_scale=w, latent_scale=0.0)
+        for w in ladder
+    }
     out = {}
     for name, index in halves.items():
         obs, act = data["observation"][index], data["action"][index]
@@ -65,10 +69,7 @@ def dataset_view(run, run_dir: Path, medium, expert, ladder: list[float]) -> dic
             "distance_medium_expert": float((a_m - a_e).norm(dim=-1).mean()),
             "actor": [],
         }
-        for w in ladder:
-            actor = AEPOActor.from_checkpoint(
-                run_dir / "actor.pt", guidance_scale=w, latent_scale=0.0
-            )
+        for w, actor in actors.items():
             a = _actions(actor, obs)
             row["actor"].append(
                 {
