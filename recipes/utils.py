@@ -167,12 +167,12 @@ SAMPLING_KEYS = ("guidance", "guidance_rule", "guidance_ladder", "guidance_pessi
                  "guidance_states", "rescale", "latent_scale", "num_candidates", "selection",
                  "solver")  # fmt: skip
 #: ``aepo`` keys of the paper's ablations: hashed only when the critic or energy is not AEPO's.
-ABLATION_KEYS = ("critic", "energy", "num_support", "isql_beta", "cql_alpha", "cql_num_random",
-                 "cql_temperature")  # fmt: skip
+ABLATION_KEYS = ("critic", "energy", "energy_max_target", "num_support", "isql_beta",
+                 "cql_alpha", "cql_num_random", "cql_temperature")  # fmt: skip
 #: ``aepo`` training keys added after runs existed, with the value those runs were trained
 #: with: hashed only off it, so that those runs keep resuming (``init_from`` reusing them)
 #: when that value is given (e.g. ``aepo.variance_weight=1``).
-LATER_TRAINING_DEFAULTS = {"variance_weight": 1.0}
+LATER_TRAINING_DEFAULTS = {"variance_weight": 1.0, "energy_max_target": None}
 #: ``train`` keys added after runs existed, hashed only off these defaults (as above).
 #: ``overlap_stages`` is an execution setting but, unlike the ``untrained`` keys of
 #: :func:`training_config` (intervals, ``eval_mode``, ``stop_after_stage``), it changes the

@@ -32,7 +32,9 @@ from torchrl_aepo.objectives import (
     DPSEnergyLoss,
     ExpectileLoss,
     ISQLLoss,
+    LogMeanExpEnergyLoss,
     MSEEnergyLoss,
+    SupportPosteriorEnergyLoss,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,12 +72,15 @@ def test_switches_are_validated_and_shape_the_plan():
         ("isql", "analytic"): ("diffusion", "supports", "critic", "gamma", "energy"),
         ("expectile", "mse"): ("diffusion", "critic", "energy"),
         ("isql", "cep"): ("diffusion", "supports", "critic", "energy"),
+        ("expectile", "log_mean_exp"): ("diffusion", "critic", "energy"),
+        ("expectile", "support_posterior"): ("diffusion", "supports", "critic", "energy"),
     }
     for (critic, energy), expected in names.items():
         assert train.stage_names(AEPOConfig(critic=critic, energy=energy)) == expected
     assert AEPOConfig(critic="cql").needs_supports() == (True, True)
     assert AEPOConfig(critic="isql").needs_supports() == (False, True)
     assert AEPOConfig(energy="cep").needs_supports() == (True, False)
+    assert AEPOConfig(energy="support_posterior").needs_supports() == (True, False)
 
 
 @pytest.mark.parametrize(
@@ -149,8 +154,14 @@ def test_supports_are_drawn_from_the_behaviour_model_once_and_restored(data_root
 def test_energy_switch_builds_each_loss_and_analytic_needs_the_table():
     nets = build_networks(ModelConfig.small(), 3, 1)
     losses = build_losses(nets, AEPOConfig(), TrainConfig.budget(steps=1, batch_size=4))
-    for energy, cls in (("mse", MSEEnergyLoss), ("dps", DPSEnergyLoss), ("cep", CEPEnergyLoss)):
+    for energy, cls in (("mse", MSEEnergyLoss), ("dps", DPSEnergyLoss), ("cep", CEPEnergyLoss),
+                        ("log_mean_exp", LogMeanExpEnergyLoss),
+                        ("support_posterior", SupportPosteriorEnergyLoss)):  # fmt: skip
         assert type(build_energy_loss(nets, losses, AEPOConfig(energy=energy), None)) is cls
+    capped = AEPOConfig(energy="log_mean_exp", energy_max_target=4.6)
+    assert build_energy_loss(nets, losses, capped, None).max_target == 4.6
+    assert any("energy_max_target" in p and "log_mean_exp" in p
+               for p in AEPOConfig(energy_max_target=4.6).problems())  # fmt: skip
     with pytest.raises(ValueError, match="posterior statistics"):
         build_energy_loss(nets, losses, AEPOConfig(), None)
 
@@ -169,6 +180,8 @@ def test_each_ablation_is_one_override():
         "posterior2": {"posterior": 2}, "cql": {"critic": "cql"}, "isql": {"critic": "isql"},
         "qgpo": {"critic": "isql", "energy": "cep"}, "mse": {"energy": "mse"},
         "dps": {"energy": "dps"}, "cep": {"energy": "cep"}, "no_rescale": {"rescale": False},
+        "log_mean_exp": {"energy": "log_mean_exp", "energy_max_target": 4.605},
+        "support_posterior": {"energy": "support_posterior"},
         "paper_energy": {"energy_baseline": "none", "variance_weight": 1.0},
     }  # fmt: skip
     for name, keys in expected.items():

@@ -1,4 +1,4 @@
-"""MSE / DPS / CEP energy losses: targets, keys, shapes, frozen networks, support sampling."""
+"""MSE / DPS / CEP / log-mean-exp energy losses: targets, keys, shapes, frozen networks, support sampling."""
 
 from __future__ import annotations
 
@@ -16,12 +16,20 @@ from torchrl_aepo.nets import EnergyNetwork, MLPNoisePredictor, TwinQNetwork, en
 from torchrl_aepo.objectives.energy_baselines import (
     CEPEnergyLoss,
     DPSEnergyLoss,
+    LogMeanExpEnergyLoss,
     MSEEnergyLoss,
+    SupportPosteriorEnergyLoss,
     sample_support_actions,
 )
 
 OBS, ACT, K = 3, 2, 5
-LOSSES = (MSEEnergyLoss, DPSEnergyLoss, CEPEnergyLoss)
+LOSSES = (
+    MSEEnergyLoss,
+    DPSEnergyLoss,
+    CEPEnergyLoss,
+    LogMeanExpEnergyLoss,
+    SupportPosteriorEnergyLoss,
+)
 
 
 def _networks(seed: int = 0) -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -85,6 +93,8 @@ def test_accepts_tensordict_module_and_custom_keys(loss_cls):
     keys = {"observation": "obs", "action": ("data", "a0")}
     if loss_cls is CEPEnergyLoss:
         keys = {"observation": "obs", "support_action": "supports"}
+    if loss_cls is SupportPosteriorEnergyLoss:
+        keys["support_action"] = "supports"
     loss.set_keys(**keys)
     assert torch.isfinite(loss(renamed)["loss_energy"])
     with pytest.raises(KeyError, match="set_keys"):
@@ -126,6 +136,128 @@ def test_mse_loss_is_the_squared_error_to_its_target():
     batch = _batch()
     expected = (1.5 * critic(batch["observation"], batch["action"]).min(-1)[0]).pow(2)
     torch.testing.assert_close(loss(batch)["loss_energy"], expected)
+
+
+class _Constant(nn.Module):
+    """An energy network with one output ``c`` for every input (an optimisable parameter)."""
+
+    action_dim, obs_dim = ACT, OBS
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(value), dtype=torch.float64))
+
+    def forward(self, noisy_action, time, observation):
+        return self.value.expand(*noisy_action.shape[:-1], 1)
+
+
+def _log_mean_exp_gradient(value: float, batch: TensorDict, critic: nn.Module) -> float:
+    """d/dc of the mean log-mean-exp loss of the constant energy ``c = value``."""
+    noise = MLPNoisePredictor(ACT, OBS, num_cells=(8,)).double()
+    loss = LogMeanExpEnergyLoss(_Constant(value), noise, critic, beta=2.0)
+    loss(batch)["loss_energy"].backward()
+    (param,) = list(loss.parameters())
+    return float(param.grad)
+
+
+def test_log_mean_exp_minimiser_is_the_log_mean_exp_of_the_target():
+    """Oracle: over a constant ``f``, the mean loss is stationary exactly at
+    ``f = log mean exp(beta Q)`` (Eq. 12's energy of that batch), decreasing below it and
+    increasing above it; the MSE energy's minimiser ``mean(beta Q)`` lies strictly below."""
+    g = torch.Generator().manual_seed(3)
+    batch = TensorDict(
+        {
+            "observation": torch.randn(512, OBS, generator=g, dtype=torch.float64),
+            "action": torch.rand(512, ACT, generator=g, dtype=torch.float64) * 2 - 1,
+        },
+        batch_size=[512],
+    )
+    critic = LinearQ([1.5, -0.5], OBS).double()
+    y = 2.0 * critic(batch["observation"], batch["action"])[..., 0].detach()
+    exact = float(torch.logsumexp(y, 0) - math.log(y.numel()))
+    assert abs(_log_mean_exp_gradient(exact, batch, critic)) < 1e-12
+    assert _log_mean_exp_gradient(exact - 0.3, batch, critic) < -0.1
+    assert _log_mean_exp_gradient(exact + 0.3, batch, critic) > 0.1
+    assert float(y.mean()) < exact - 0.1  # Jensen: the MSE minimiser is below it
+    assert _log_mean_exp_gradient(float(y.mean()), batch, critic) < -0.1
+
+
+def test_log_mean_exp_loss_is_the_exp_bregman_divergence_and_caps_the_target():
+    _, noise, critic = _networks()
+    batch = _batch((64,))
+    q = critic(batch["observation"], batch["action"]).min(-1)[0].detach()
+    cap = float(q.median())
+    loss = LogMeanExpEnergyLoss(_Constant(0.25).float(), noise, critic, beta=1.0,
+                                max_target=cap, reduction="none")  # fmt: skip
+    out = loss(batch)
+    y = q.clamp(max=cap)
+    torch.testing.assert_close(out["loss_energy"], torch.exp(y - 0.25) - (y - 0.25) - 1)
+    assert bool((out["loss_energy"] >= 0).all())
+    torch.testing.assert_close(out["target_capped_fraction"], (q > cap).float().mean())
+    target = loss.energy_target(batch["observation"], batch["action"],
+                                torch.full((64, 1), 0.3), torch.randn(64, ACT))  # fmt: skip
+    assert float(target["y"].max()) == pytest.approx(cap)
+    with pytest.raises(ValueError, match="max_target"):
+        LogMeanExpEnergyLoss(*_networks(), max_target=float("inf"))
+
+
+def test_support_posterior_target_is_the_exact_energy_of_a_gaussian_behaviour():
+    """Oracle (aepo-math §5.5): for behaviour ``N(c, v I)`` and linear ``Q = q . a`` the exact
+    energy is ``beta q . mu_{0|t} + (beta^2/2) sigma_{0|t}^2 ||q||^2``; 40k supports drawn from
+    that behaviour reproduce it at every ``t`` (a sign error in the kernel or the value moves it
+    by far more than the tolerance)."""
+    c, v, q, beta = torch.tensor([0.3, -0.2]), 0.2, torch.tensor([1.0, -0.5]), 2.0
+    schedule = VPSchedule()
+    loss = SupportPosteriorEnergyLoss(
+        EnergyNetwork(ACT, OBS, num_cells=(8,)).double(),
+        MLPNoisePredictor(ACT, OBS, num_cells=(8,)).double(),
+        LinearQ(q, OBS).double(),
+        beta=beta,
+    )
+    g = torch.Generator().manual_seed(0)
+    supports = c + math.sqrt(v) * torch.randn(40_000, ACT, generator=g, dtype=torch.float64)
+    for t_value in (0.1, 0.3, 0.6, 0.9):
+        time = torch.full((4, 1), t_value, dtype=torch.float64)
+        action = torch.tensor([[0.5, 0.1], [-0.4, 0.6], [0.0, 0.0], [0.9, -0.9]]).double()
+        noise = torch.randn(4, ACT, generator=g, dtype=torch.float64)
+        target = loss.energy_target(
+            torch.zeros(4, OBS, dtype=torch.float64), action,
+            supports.expand(4, -1, -1), time, noise,
+        )  # fmt: skip
+        alpha, sigma = schedule.alpha_sigma(time)
+        mean = exact_posterior_mean(schedule, time, target["noisy_action"], c.double(), v)
+        variance = v * sigma**2 / (alpha**2 * v + sigma**2)
+        exact = beta * mean @ q.double().unsqueeze(-1) + beta**2 / 2 * variance * q.pow(2).sum()
+        torch.testing.assert_close(target["y"], exact, atol=0.03, rtol=0)
+        torch.testing.assert_close(target["weights"].sum(-1), torch.ones(4, dtype=torch.float64))
+
+
+def test_support_posterior_target_limits_and_brute_force():
+    """``y`` is ``log sum_k p_k e^{beta Q_k}`` with Gaussian-kernel ``p_k`` over the supports and
+    the dataset action (brute force in float64); at small ``t`` with ``eps = 0`` it is the
+    dataset action's ``beta Q``, at large ``t`` the log-mean-exp over all members."""
+    _, noise, critic = (n.double() for n in _networks())
+    loss = SupportPosteriorEnergyLoss(EnergyNetwork(ACT, OBS, num_cells=(8,)).double(), noise,
+                                      critic, beta=1.5)  # fmt: skip
+    batch = _batch((6,)).double()
+    obs, a0, supports = batch["observation"], batch["action"], batch["support", "action"]
+    members = torch.cat([supports, a0.unsqueeze(1)], 1)
+    q = 1.5 * critic(obs.unsqueeze(1).expand(-1, K + 1, -1), members).min(-1)[0].detach()
+    t, eps = torch.full((6, 1), 0.35, dtype=torch.float64), torch.randn(6, ACT).double()
+    target = loss.energy_target(obs, a0, supports, t, eps)
+    alpha, sigma = VPSchedule().alpha_sigma(t)
+    density = torch.exp(-(target["noisy_action"].unsqueeze(1) - alpha.unsqueeze(1) * members)
+                        .pow(2).sum(-1) / (2 * sigma**2))  # fmt: skip
+    brute = torch.log((density * q.exp()).sum(-1) / density.sum(-1)).unsqueeze(-1)
+    torch.testing.assert_close(target["y"], brute)
+    small = loss.energy_target(obs, a0, supports, torch.full_like(t, 1e-3), torch.zeros_like(eps))
+    torch.testing.assert_close(small["y"], q[:, -1:], atol=1e-3, rtol=0)
+    large = loss.energy_target(obs, a0, supports, torch.ones_like(t), eps)
+    log_mean_exp = torch.logsumexp(q, -1, keepdim=True) - math.log(K + 1)
+    torch.testing.assert_close(large["y"], log_mean_exp, atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match=r"\[\*B, K, d\]"):
+        loss(TensorDict({"observation": obs, "action": a0, ("support", "action"): supports[:3]},
+                        batch_size=[]))  # fmt: skip
 
 
 def test_dps_target_uses_the_tweedie_mean_of_the_noise_network():

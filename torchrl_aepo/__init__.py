@@ -44,8 +44,10 @@ from torchrl_aepo.objectives import (
     DPSEnergyLoss,
     EnergyLossBase,
     ExpectileLoss,
+    LogMeanExpEnergyLoss,
     MSEEnergyLoss,
     PosteriorStatistics,
+    SupportPosteriorEnergyLoss,
     TargetRegressionEnergyLoss,
     frozen_view,
 )
@@ -78,6 +80,8 @@ __all__ = [
     "MSEEnergyLoss",
     "DPSEnergyLoss",
     "CEPEnergyLoss",
+    "LogMeanExpEnergyLoss",
+    "SupportPosteriorEnergyLoss",
     "frozen_view",
     # the algorithm (torchrl_aepo.aepo) and the trainer
     "AEPOConfig",

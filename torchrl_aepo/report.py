@@ -48,7 +48,13 @@ __all__ = [
     "main",
 ]
 
-_ENERGY_LABELS = {"mse": "MSE", "dps": "DPS", "cep": "CEP"}
+_ENERGY_LABELS = {
+    "mse": "MSE",
+    "dps": "DPS",
+    "cep": "CEP",
+    "log_mean_exp": "LogMeanExp",
+    "support_posterior": "SupportPosterior",
+}
 
 
 def method_name(config: Mapping[str, Any]) -> str:

@@ -198,6 +198,11 @@ def build_energy_loss(
       needs ``posterior_statistics``);
     * ``"mse"`` / ``"dps"``: :class:`~torchrl_aepo.objectives.MSEEnergyLoss` /
       :class:`~torchrl_aepo.objectives.DPSEnergyLoss` (Eq. 10's inexact energies);
+    * ``"log_mean_exp"``: :class:`~torchrl_aepo.objectives.LogMeanExpEnergyLoss` (the exact
+      energy of Eq. 12 by regression, its target capped at ``aepo.energy_max_target``);
+    * ``"support_posterior"``: :class:`~torchrl_aepo.objectives.SupportPosteriorEnergyLoss`
+      (the exact energy of the support actions plus the dataset action; reads the supports as
+      ``"cep"`` does);
     * ``"cep"``: :class:`~torchrl_aepo.objectives.CEPEnergyLoss` (QGPO's contrastive energy);
       it reads ``aepo.num_support`` support actions at ``s`` from the batch key
       ``("support", "action")``, which the plan's ``supports`` stage provides.
@@ -208,7 +213,9 @@ def build_energy_loss(
         AnalyticEnergyLoss,
         CEPEnergyLoss,
         DPSEnergyLoss,
+        LogMeanExpEnergyLoss,
         MSEEnergyLoss,
+        SupportPosteriorEnergyLoss,
         frozen_view,
     )
 
@@ -241,10 +248,19 @@ def build_energy_loss(
         loss = DPSEnergyLoss(
             nets.energy, nets.behaviour, critic, beta=beta, clip_posterior_mean=clip
         )
+    elif aepo.energy == "log_mean_exp":
+        loss = LogMeanExpEnergyLoss(
+            nets.energy, nets.behaviour, critic, beta=beta, max_target=aepo.energy_max_target
+        )
+    elif aepo.energy == "support_posterior":
+        loss = SupportPosteriorEnergyLoss(nets.energy, nets.behaviour, critic, beta=beta)
     elif aepo.energy == "cep":
         loss = CEPEnergyLoss(nets.energy, nets.behaviour, critic, beta=beta)
     else:
-        raise ValueError(f"aepo.energy must be analytic, mse, dps or cep, got {aepo.energy!r}.")
+        raise ValueError(
+            "aepo.energy must be analytic, mse, dps, cep, log_mean_exp or support_posterior, "
+            f"got {aepo.energy!r}."
+        )
     return _maybe_compile(loss, compile)
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,7 +21,7 @@ EVAL_MODES = ("sync", "background")
 #: behaviour-model support actions, ``gamma`` only for the analytic energy.
 ALL_STAGED = ("diffusion", "supports", "critic", "gamma", "energy")
 CRITICS = ("expectile", "isql", "cql")
-ENERGIES = ("analytic", "mse", "dps", "cep")
+ENERGIES = ("analytic", "mse", "dps", "cep", "log_mean_exp", "support_posterior")
 
 
 def _from_mapping(cls: type, mapping: Mapping[str, Any] | None, path: str) -> Any:
@@ -203,8 +204,14 @@ class AEPOConfig(_Config):
         solver: the sampler.
         critic: ``"expectile"`` (IQL, Eq. 27, the paper's), ``"isql"`` (QGPO's in-support
             softmax Q-learning) or ``"cql"`` (conservative Q-learning): the Figure-1 ablations.
-        energy: ``"analytic"`` (AEPO, Eq. 25), ``"mse"``, ``"dps"`` (Eq. 10) or ``"cep"``
-            (QGPO's contrastive energy); ``critic="isql", energy="cep"`` is QGPO.
+        energy: ``"analytic"`` (AEPO, Eq. 25), ``"mse"``, ``"dps"`` (Eq. 10), ``"cep"``
+            (QGPO's contrastive energy; ``critic="isql", energy="cep"`` is QGPO) or
+            ``"log_mean_exp"`` (the exact energy of Eq. 12 by regression,
+            :class:`~torchrl_aepo.objectives.LogMeanExpEnergyLoss`) or ``"support_posterior"``
+            (the exact energy of the behaviour model's ``num_support`` actions plus the
+            dataset's, :class:`~torchrl_aepo.objectives.SupportPosteriorEnergyLoss`).
+        energy_max_target: cap of the target ``beta Q`` of ``energy="log_mean_exp"`` (``None``:
+            no cap); ``log(100)`` with the value baseline is IQL's weight clip.
         num_support: ``K`` behaviour-model support actions per state (``isql``/``cql`` at
             ``s'``, ``cql``/``cep`` at ``s``), generated once after the diffusion stage.
         isql_beta: ``beta_Q`` of the ISQL softmax backup (QGPO: 1).
@@ -231,7 +238,10 @@ class AEPOConfig(_Config):
     selection: Literal["first", "argmax_q", "softmax_q"] = "first"
     solver: SolverConfig = field(default_factory=SolverConfig)
     critic: Literal["expectile", "isql", "cql"] = "expectile"
-    energy: Literal["analytic", "mse", "dps", "cep"] = "analytic"
+    energy: Literal["analytic", "mse", "dps", "cep", "log_mean_exp", "support_posterior"] = (
+        "analytic"
+    )
+    energy_max_target: float | None = None
     num_support: int = 16
     isql_beta: float = 1.0
     cql_alpha: float = 1.0
@@ -240,14 +250,33 @@ class AEPOConfig(_Config):
 
     def needs_supports(self) -> tuple[bool, bool]:
         """Whether support actions are needed ``(at s, at s')``."""
-        return self.critic == "cql" or self.energy == "cep", self.critic in ("isql", "cql")
+        at_s = self.critic == "cql" or self.energy in ("cep", "support_posterior")
+        return at_s, self.critic in ("isql", "cql")
 
     def problems(self, prefix: str = "aepo.") -> list[str]:
         out = []
         if self.critic not in CRITICS:
             out.append(f"{prefix}critic={self.critic!r}: use expectile, isql or cql")
         if self.energy not in ENERGIES:
-            out.append(f"{prefix}energy={self.energy!r}: use analytic, mse, dps or cep")
+            out.append(
+                f"{prefix}energy={self.energy!r}: use analytic, mse, dps, cep, log_mean_exp or "
+                "support_posterior"
+            )
+        if self.energy_max_target is not None:
+            if self.energy != "log_mean_exp":
+                out.append(
+                    f"{prefix}energy_max_target={self.energy_max_target!r}: only "
+                    f"{prefix}energy=log_mean_exp reads it (got {prefix}energy={self.energy!r}); "
+                    "set it to null"
+                )
+            elif not (
+                isinstance(self.energy_max_target, (int, float))
+                and math.isfinite(self.energy_max_target)
+            ):
+                out.append(
+                    f"{prefix}energy_max_target={self.energy_max_target!r}: must be a finite "
+                    "number or null"
+                )
         if not isinstance(self.num_support, int) or self.num_support < 2:
             out.append(f"{prefix}num_support={self.num_support!r}: must be an integer >= 2")
         if not (isinstance(self.isql_beta, (int, float)) and self.isql_beta >= 0):

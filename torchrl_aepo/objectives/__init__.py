@@ -11,7 +11,9 @@ from torchrl_aepo.objectives.energy import (
 from torchrl_aepo.objectives.energy_baselines import (
     CEPEnergyLoss,
     DPSEnergyLoss,
+    LogMeanExpEnergyLoss,
     MSEEnergyLoss,
+    SupportPosteriorEnergyLoss,
     sample_support_actions,
 )
 from torchrl_aepo.objectives.expectile import ExpectileLoss
@@ -33,5 +35,7 @@ __all__ = [
     "MSEEnergyLoss",
     "DPSEnergyLoss",
     "CEPEnergyLoss",
+    "LogMeanExpEnergyLoss",
+    "SupportPosteriorEnergyLoss",
     "sample_support_actions",
 ]

@@ -33,10 +33,19 @@ critic the minimum over its heads):
 
   whose minimiser tends to the exact ``E_t`` up to a ``(s, t)`` constant as ``K -> infinity``
   (QGPO, Theorem 3.2); the softmax is invariant to that constant.
+* :class:`LogMeanExpEnergyLoss`, the exact energy by regression: the loss
+  ``exp(y - f) - (y - f) - 1`` with ``y = beta Q(s, a_0)`` has the conditional
+  ``log E[exp(y) | a_t, s]`` as its minimiser, i.e. Eq. 12 itself, at the cost of the MSE
+  energy (one critic call per sample, no supports).
+* :class:`SupportPosteriorEnergyLoss`, the exact energy of the empirical behaviour policy at
+  ``s``: ``K`` behaviour-model support actions plus the dataset action, whose posterior given
+  ``a_t`` is known in closed form (Gaussian kernel weights), so ``E_t`` is a log-sum-exp over
+  them; the energy network regresses on it (``K + 1`` critic calls, one energy call per sample).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +63,14 @@ from torchrl_aepo.objectives.energy import (
     _check_beta,
 )
 
-__all__ = ["MSEEnergyLoss", "DPSEnergyLoss", "CEPEnergyLoss", "sample_support_actions"]
+__all__ = [
+    "MSEEnergyLoss",
+    "DPSEnergyLoss",
+    "CEPEnergyLoss",
+    "LogMeanExpEnergyLoss",
+    "SupportPosteriorEnergyLoss",
+    "sample_support_actions",
+]
 
 
 class MSEEnergyLoss(TargetRegressionEnergyLoss):
@@ -107,6 +123,118 @@ class MSEEnergyLoss(TargetRegressionEnergyLoss):
             "noisy_action": self.schedule.add_noise(action, time, noise),
             "q": qvalue,
         }
+
+
+class LogMeanExpEnergyLoss(TargetRegressionEnergyLoss):
+    """The exact intermediate energy (Eq. 12) by regression, without support actions.
+
+    For each sample ``(s, a_0)`` draw ``t``, ``eps`` and ``a_t`` as in :class:`MSEEnergyLoss`,
+    set ``y = beta Q(s, a_0)`` (optionally capped at ``max_target``) and minimise
+
+    .. math::
+
+        L(\\omega) = \\mathbb{E}\\,\\big[e^{\\,y - f_\\omega(s, a_t, t)}
+            - (y - f_\\omega(s, a_t, t)) - 1\\big] \\ge 0 .
+
+    For fixed ``(s, a_t, t)`` the expected loss in ``f`` is
+    ``E[e^y | a_t, s] e^{-f} + f + const``, whose unique minimiser is
+    ``f* = log E_{mu_{0t}(a_0 | a_t, s)}[exp(y)]``: the exact energy ``E_t`` of Eq. 12 (the
+    MSE energy's minimiser is ``E[y | a_t, s]``, Jensen's lower bound of it). Where the
+    posterior of ``a_0`` has two modes, ``f*`` is dominated by the one with the larger ``Q``,
+    and so is its gradient, the guidance. The per-sample loss is a Bregman divergence of
+    ``exp``: zero when ``f = y``, never negative.
+
+    ``exp(beta Q)`` is heavy-tailed when ``beta`` times the critic's spread is large (tens on
+    locomotion), and the few largest targets then dominate both the energy and its gradient
+    noise. ``max_target`` caps ``y`` from above, which changes the target policy to
+    ``mu min(exp(beta Q), exp(max_target))``: with the value baseline (``Q - V(s)``) and
+    ``max_target = log 100`` that is IQL's advantage-weighted target with its weight clip.
+
+    Args:
+        energy_network: the trained energy network ``(a_t [*B,d], t [*B,1], s [*B,s]) -> [*B,1]``.
+        noise_network: the frozen behaviour noise predictor (held frozen, not used by the
+            target; the shared constructor of the energy losses).
+        qvalue_network: the frozen critic ``(s, a) -> [*B, heads]`` (minimum over heads).
+
+    Keyword Args:
+        beta: inverse temperature. Defaults to 3.
+        max_target: upper cap of ``y`` or ``None`` (default: the exact energy, no cap).
+        schedule: the noise schedule. Defaults to ``VPSchedule()``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample losses ``[*B]``).
+
+    Input keys (``set_keys``): ``observation`` ``[*B, s]``, ``action`` ``[*B, d]``.
+    Output: ``loss_energy`` and the detached scalars ``target_mean``, ``energy_mean`` and
+    ``target_capped_fraction`` (share of the batch whose ``y`` the cap moved).
+    :meth:`energy_target` returns ``y`` (capped), ``noisy_action``, ``q`` and ``y_capped``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_aepo import EnergyNetwork, MLPNoisePredictor, TwinQNetwork
+        >>> from torchrl_aepo.objectives import LogMeanExpEnergyLoss
+        >>> loss = LogMeanExpEnergyLoss(EnergyNetwork(2, 4), MLPNoisePredictor(2, 4),
+        ...                             TwinQNetwork(4, 2), max_target=4.6)
+        >>> batch = TensorDict({"observation": torch.randn(32, 4),
+        ...                     "action": torch.rand(32, 2) * 2 - 1}, batch_size=[32])
+        >>> out = loss(batch)
+        >>> out["loss_energy"].backward()
+        >>> bool(out["loss_energy"] >= 0)
+        True
+    """
+
+    def __init__(
+        self,
+        energy_network: nn.Module,
+        noise_network: nn.Module,
+        qvalue_network: nn.Module,
+        *,
+        beta: float = 3.0,
+        max_target: float | None = None,
+        schedule: VPSchedule | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(
+            energy_network,
+            noise_network,
+            qvalue_network,
+            beta=beta,
+            schedule=schedule,
+            reduction=reduction,
+        )
+        if max_target is not None and not math.isfinite(float(max_target)):
+            raise ValueError(f"max_target must be a finite number or None, got {max_target!r}.")
+        self.max_target = None if max_target is None else float(max_target)
+
+    @property
+    def out_keys(self) -> list[str]:
+        return [*super().out_keys, "target_capped_fraction"]
+
+    def _target(
+        self, observation: Tensor, action: Tensor, time: Tensor, noise: Tensor
+    ) -> dict[str, Tensor]:
+        qvalue = self.qvalue_network(observation, action).min(-1, keepdim=True)[0]
+        y = self.beta * qvalue
+        capped = torch.zeros_like(y, dtype=torch.bool)
+        if self.max_target is not None:
+            capped = y > self.max_target
+            y = y.clamp(max=self.max_target)
+        return {
+            "y": y,
+            "noisy_action": self.schedule.add_noise(action, time, noise),
+            "q": qvalue,
+            "y_capped": capped,
+        }
+
+    def _regress(
+        self, observation: Tensor, noisy_action: Tensor, time: Tensor, target: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Per-sample ``exp(y - f) - (y - f) - 1`` ``[*B]`` and the energy ``f`` ``[*B, 1]``."""
+        energy = self.energy_network(noisy_action, time, observation)
+        residual = target - energy
+        return (torch.expm1(residual) - residual).squeeze(-1), energy
+
+    def _diagnostics(self, target: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"target_capped_fraction": target["y_capped"].float().mean()}
 
 
 class DPSEnergyLoss(TargetRegressionEnergyLoss):
@@ -421,6 +549,156 @@ class CEPEnergyLoss(EnergyLossBase):
                 "target_entropy": entropy.mean(),
                 "target_ess": (1.0 / target.pow(2).sum(-1)).mean(),
                 "energy_mean": energy.detach().mean(),
+            },
+            batch_size=[],
+        )
+
+
+class SupportPosteriorEnergyLoss(EnergyLossBase):
+    """The exact intermediate energy of the empirical behaviour policy on ``K + 1`` actions.
+
+    At each state the behaviour policy is represented by the ``K`` support actions
+    ``a_0^{1:K} ~ mu(.|s)`` (behaviour-model samples, :func:`sample_support_actions`) and the
+    dataset action ``a_0^{K+1} = a_0``, each with mass ``1 / (K + 1)``. For that discrete
+    ``mu`` the posterior of Eq. 12 given ``a_t = alpha_t a_0 + sigma_t eps`` is exact,
+    ``p_k(a_t) ∝ exp(-||a_t - alpha_t a_0^k||^2 / (2 sigma_t^2))``, and so is the energy
+
+    .. math::
+
+        y(s, a_t, t) = \\log \\sum_k p_k(a_t)\\, e^{\\beta Q(s, a_0^k)}
+            = \\operatorname{logsumexp}_k\\big(\\ell_k + \\beta Q_k\\big)
+              - \\operatorname{logsumexp}_k \\ell_k,
+        \\qquad \\ell_k = -\\frac{\\lVert a_t - \\alpha_t a_0^k\\rVert^2}{2 \\sigma_t^2},
+
+    computed in log space (no overflow however large ``beta Q``). The energy network is
+    regressed on it, ``(f_omega(s, a_t, t) - y)^2``. As ``K`` grows ``y`` tends to the
+    behaviour model's exact ``E_t``; unlike the dataset-only regressions (MSE, log-mean-exp),
+    whose posterior at ``s`` holds only the actions the data has at (or near) ``s``, it sees
+    every mode the behaviour model puts at ``s``; unlike :class:`CEPEnergyLoss` it runs the
+    energy network once per sample (the supports only go through the frozen critic). Small
+    ``t`` puts the weight on the support nearest ``a_t`` (the dataset action itself), large
+    ``t`` spreads it evenly (``y`` then depends on ``s`` only: no guidance).
+
+    Args:
+        energy_network: the trained energy network ``(a_t [*B,d], t [*B,1], s [*B,s]) -> [*B,1]``.
+        noise_network: the frozen behaviour noise predictor (held frozen; the supports come in
+            the batch).
+        qvalue_network: the frozen critic ``(s, a) -> [*B, heads]`` (minimum over heads).
+
+    Keyword Args:
+        beta: inverse temperature. Defaults to 3.
+        schedule: the noise schedule. Defaults to ``VPSchedule()``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample losses ``[*B]``).
+
+    Input keys (``set_keys``): ``observation`` ``[*B, s]``, ``action`` ``[*B, d]``,
+    ``support_action`` ``[*B, K, d]`` (default ``("support", "action")``) and the optional
+    ``time`` / ``noise`` of :class:`EnergyLossBase`. Output: ``loss_energy`` and the detached
+    scalars ``target_mean``, ``energy_mean`` and ``posterior_ess`` (mean effective number of
+    members ``1 / sum_k p_k^2`` under the posterior, out of ``K + 1``).
+    :meth:`energy_target` returns ``y``, ``noisy_action`` and the posterior ``weights``
+    ``[*B, K + 1]`` (the dataset action last).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_aepo import EnergyNetwork, MLPNoisePredictor, TwinQNetwork
+        >>> from torchrl_aepo.objectives import SupportPosteriorEnergyLoss, sample_support_actions
+        >>> noise = MLPNoisePredictor(2, 4, num_cells=(32, 32))
+        >>> loss = SupportPosteriorEnergyLoss(EnergyNetwork(2, 4), noise, TwinQNetwork(4, 2))
+        >>> obs = torch.randn(8, 4)
+        >>> batch = TensorDict({"observation": obs, "action": torch.rand(8, 2) * 2 - 1,
+        ...                     ("support", "action"): sample_support_actions(noise, obs, 16)},
+        ...                    batch_size=[8])
+        >>> out = loss(batch)
+        >>> out["loss_energy"].backward()
+        >>> 1.0 <= float(out["posterior_ess"]) <= 17.0
+        True
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Configurable tensordict keys.
+
+        Attributes:
+            observation: conditioning state. Defaults to ``"observation"``.
+            action: clean dataset action ``a_0``. Defaults to ``"action"``.
+            support_action: the ``K`` support actions ``[*B, K, d]``. Defaults to
+                ``("support", "action")``.
+            time: optional given diffusion times ``[*B, 1]``. Defaults to ``"energy_time"``.
+            noise: optional given noise ``eps`` ``[*B, d]``. Defaults to ``"energy_noise"``.
+        """
+
+        observation: NestedKey = "observation"
+        action: NestedKey = "action"
+        support_action: NestedKey = ("support", "action")
+        time: NestedKey = "energy_time"
+        noise: NestedKey = "energy_noise"
+
+    default_keys = _AcceptedKeys
+
+    def __init__(
+        self,
+        energy_network: nn.Module,
+        noise_network: nn.Module,
+        qvalue_network: nn.Module,
+        *,
+        beta: float = 3.0,
+        schedule: VPSchedule | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(
+            energy_network, noise_network, qvalue_network, schedule=schedule, reduction=reduction
+        )
+        self.beta = _check_beta(beta)
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        return [*super().in_keys, self.tensor_keys.support_action]
+
+    @property
+    def out_keys(self) -> list[str]:
+        return ["loss_energy", "target_mean", "energy_mean", "posterior_ess"]
+
+    def energy_target(
+        self, observation: Tensor, action: Tensor, supports: Tensor, time: Tensor, noise: Tensor
+    ) -> TensorDict:
+        """The detached target for given ``(s [*B,s], a_0 [*B,d], supports [*B,K,d], t [*B,1],
+        eps [*B,d])``: a TensorDict with ``y`` ``[*B, 1]``, ``noisy_action`` ``[*B, d]`` and
+        ``weights`` ``[*B, K + 1]``."""
+        with torch.no_grad():
+            members = torch.cat([supports, action.unsqueeze(-2)], dim=-2)  # [*B, K+1, d]
+            states = observation.unsqueeze(-2).expand(*members.shape[:-1], observation.shape[-1])
+            value = self.beta * self.qvalue_network(states, members).min(-1)[0]  # [*B, K+1]
+            alpha, sigma = self.schedule.alpha_sigma(time)  # [*B, 1]
+            noisy_action = self.schedule.add_noise(action, time, noise)
+            distance = (noisy_action.unsqueeze(-2) - alpha.unsqueeze(-1) * members).pow(2).sum(-1)
+            log_weights = torch.log_softmax(-distance / (2 * sigma.pow(2)), dim=-1)
+            y = torch.logsumexp(log_weights + value, dim=-1, keepdim=True)
+        return TensorDict(
+            {"y": y, "noisy_action": noisy_action, "weights": log_weights.exp()},
+            batch_size=action.shape[:-1],
+        )
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        """Compute ``loss_energy`` and diagnostics on a batch with support actions."""
+        observation, action = self._read_batch(tensordict)
+        name, key = type(self).__name__, self.tensor_keys.support_action
+        supports = get_input(tensordict, key, name, action.shape[-1])
+        if supports.ndim < 3 or supports.shape[:-2] != action.shape[:-1]:
+            raise ValueError(
+                f"{name}: {key!r} must have shape [*B, K, d] with [*B] the batch shape of the "
+                f"action {tuple(action.shape)}, got {tuple(supports.shape)}."
+            )
+        time, noise = self._given_or_sampled_time_and_noise(tensordict, action)
+        target = self.energy_target(observation, action, supports, time, noise)
+        per_sample, energy = self._regress(observation, target["noisy_action"], time, target["y"])
+        weights = target["weights"]
+        return TensorDict(
+            {
+                "loss_energy": _reduce(per_sample, self.reduction),
+                "target_mean": target["y"].mean(),
+                "energy_mean": energy.detach().mean(),
+                "posterior_ess": (1.0 / weights.pow(2).sum(-1)).mean(),
             },
             batch_size=[],
         )
