@@ -90,6 +90,7 @@ def test_switches_are_validated_and_shape_the_plan():
         ("isql", "cep", ISQLLoss, CEPEnergyLoss),
         ("cql", "mse", CQLCriticLoss, MSEEnergyLoss),
         ("expectile", "dps", ExpectileLoss, DPSEnergyLoss),
+        ("expectile", "support_posterior", ExpectileLoss, SupportPosteriorEnergyLoss),
     ],
 )
 def test_switches_reach_the_losses_and_train(
@@ -120,6 +121,9 @@ def test_switches_reach_the_losses_and_train(
         key = ("support", "action") if at_s else ("next", "support", "action")
         name = "at_s" if at_s else "at_next"
         torch.testing.assert_close(batch[key], plan.supports[name][batch["index"]])
+    if energy == "support_posterior":  # the frozen critic's support values, computed once
+        values = plan.energy_loss.support_values(batch["observation"], batch["support", "action"])
+        torch.testing.assert_close(batch["support", "value"], values)
 
 
 def test_supports_are_drawn_from_the_behaviour_model_once_and_restored(data_root, tmp_path):

@@ -255,6 +255,13 @@ def test_support_posterior_target_limits_and_brute_force():
     large = loss.energy_target(obs, a0, supports, torch.ones_like(t), eps)
     log_mean_exp = torch.logsumexp(q, -1, keepdim=True) - math.log(K + 1)
     torch.testing.assert_close(large["y"], log_mean_exp, atol=0.05, rtol=0)
+    cached = TensorDict({"observation": obs, "action": a0, ("support", "action"): supports,
+                         ("support", "value"): loss.support_values(obs, supports),
+                         "energy_time": t, "energy_noise": eps}, batch_size=[6])  # fmt: skip
+    fresh = cached.exclude(("support", "value"))
+    torch.testing.assert_close(loss(cached)["loss_energy"], loss(fresh)["loss_energy"])
+    with pytest.raises(ValueError, match="one critic value per support"):
+        loss(cached.set(("support", "value"), torch.zeros(6, K + 1, dtype=torch.float64)))
     with pytest.raises(ValueError, match=r"\[\*B, K, d\]"):
         loss(TensorDict({"observation": obs, "action": a0, ("support", "action"): supports[:3]},
                         batch_size=[]))  # fmt: skip

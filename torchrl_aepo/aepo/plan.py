@@ -98,6 +98,7 @@ class TrainingPlan:
         self.seed = int(seed)
         self.supports: dict[str, Tensor] = {}
         self.support_stats: dict[str, float] = {}
+        self.support_values: Tensor | None = None
         if train.plan == "joint" and (aepo.critic != "expectile" or aepo.energy != "analytic"):
             raise ValueError(
                 f"train.plan=joint supports only aepo.critic=expectile and aepo.energy=analytic "
@@ -228,6 +229,29 @@ class TrainingPlan:
             self._energy_step = self._optimizer_step(
                 self.nets.energy, self.train.energy.lr, self._budget["energy"], "loss_energy"
             )
+            self._cache_support_values()
+
+    @torch.no_grad()
+    def _cache_support_values(self) -> None:
+        """The frozen critic's values of the support actions at ``s`` ``[N, K]``, once, for an
+        energy that reads them (``support_values``: ``aepo.energy=support_posterior``); the
+        energy batches then carry them as ``("support", "value")``. Not checkpointed: the
+        critic is final when the energy stage starts, so a resumed run recomputes the same."""
+        values_of = getattr(self.energy_loss, "support_values", None)
+        if values_of is None or "at_s" not in self.supports:
+            return
+        start, chunk = time.perf_counter(), int(self.train.supports.batch_size)
+        states, supports = self.dataset.get("observation"), self.supports["at_s"]
+        self.support_values = torch.cat(
+            [
+                values_of(states[i : i + chunk], supports[i : i + chunk])
+                for i in range(0, states.shape[0], chunk)
+            ]
+        )
+        print(
+            f"[aepo] critic values of the {supports.shape[0] * supports.shape[1]} support "
+            f"actions in {time.perf_counter() - start:.1f} s"
+        )
 
     @torch.no_grad()
     def generate_supports(self) -> dict[str, float]:
@@ -296,6 +320,8 @@ class TrainingPlan:
             )
         if "at_s" in self.supports:
             batch.set(("support", "action"), self.supports["at_s"][index])
+            if self.support_values is not None:
+                batch.set(("support", "value"), self.support_values[index])
         if "at_next" in self.supports:
             batch.set(("next", "support", "action"), self.supports["at_next"][index])
         return batch

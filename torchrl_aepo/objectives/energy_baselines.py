@@ -624,6 +624,9 @@ class SupportPosteriorEnergyLoss(EnergyLossBase):
             action: clean dataset action ``a_0``. Defaults to ``"action"``.
             support_action: the ``K`` support actions ``[*B, K, d]``. Defaults to
                 ``("support", "action")``.
+            support_value: optional precomputed critic values of the supports ``[*B, K]``
+                (:meth:`support_values`; the critic is frozen, so a plan computes them once).
+                Defaults to ``("support", "value")``.
             time: optional given diffusion times ``[*B, 1]``. Defaults to ``"energy_time"``.
             noise: optional given noise ``eps`` ``[*B, d]``. Defaults to ``"energy_noise"``.
         """
@@ -631,6 +634,7 @@ class SupportPosteriorEnergyLoss(EnergyLossBase):
         observation: NestedKey = "observation"
         action: NestedKey = "action"
         support_action: NestedKey = ("support", "action")
+        support_value: NestedKey = ("support", "value")
         time: NestedKey = "energy_time"
         noise: NestedKey = "energy_noise"
 
@@ -651,6 +655,14 @@ class SupportPosteriorEnergyLoss(EnergyLossBase):
         )
         self.beta = _check_beta(beta)
 
+    @torch.no_grad()
+    def support_values(self, observation: Tensor, supports: Tensor) -> Tensor:
+        """The frozen critic's ``Q(s, a_0^k)`` (minimum over heads) ``[*B, K]`` of the supports
+        ``[*B, K, d]`` at ``observation`` ``[*B, s]``: what the batch key ``support_value``
+        may hold instead of the loss recomputing it every step."""
+        states = observation.unsqueeze(-2).expand(*supports.shape[:-1], observation.shape[-1])
+        return self.qvalue_network(states, supports).min(-1)[0]
+
     @property
     def in_keys(self) -> list[NestedKey]:
         return [*super().in_keys, self.tensor_keys.support_action]
@@ -660,15 +672,24 @@ class SupportPosteriorEnergyLoss(EnergyLossBase):
         return ["loss_energy", "target_mean", "energy_mean", "posterior_ess"]
 
     def energy_target(
-        self, observation: Tensor, action: Tensor, supports: Tensor, time: Tensor, noise: Tensor
+        self,
+        observation: Tensor,
+        action: Tensor,
+        supports: Tensor,
+        time: Tensor,
+        noise: Tensor,
+        support_values: Tensor | None = None,
     ) -> TensorDict:
         """The detached target for given ``(s [*B,s], a_0 [*B,d], supports [*B,K,d], t [*B,1],
-        eps [*B,d])``: a TensorDict with ``y`` ``[*B, 1]``, ``noisy_action`` ``[*B, d]`` and
+        eps [*B,d])`` and optionally the supports' precomputed :meth:`support_values`
+        ``[*B, K]``: a TensorDict with ``y`` ``[*B, 1]``, ``noisy_action`` ``[*B, d]`` and
         ``weights`` ``[*B, K + 1]``."""
         with torch.no_grad():
             members = torch.cat([supports, action.unsqueeze(-2)], dim=-2)  # [*B, K+1, d]
-            states = observation.unsqueeze(-2).expand(*members.shape[:-1], observation.shape[-1])
-            value = self.beta * self.qvalue_network(states, members).min(-1)[0]  # [*B, K+1]
+            if support_values is None:
+                support_values = self.support_values(observation, supports)
+            data_value = self.qvalue_network(observation, action).min(-1, keepdim=True)[0]
+            value = self.beta * torch.cat([support_values, data_value], dim=-1)  # [*B, K+1]
             alpha, sigma = self.schedule.alpha_sigma(time)  # [*B, 1]
             noisy_action = self.schedule.add_noise(action, time, noise)
             distance = (noisy_action.unsqueeze(-2) - alpha.unsqueeze(-1) * members).pow(2).sum(-1)
@@ -689,8 +710,15 @@ class SupportPosteriorEnergyLoss(EnergyLossBase):
                 f"{name}: {key!r} must have shape [*B, K, d] with [*B] the batch shape of the "
                 f"action {tuple(action.shape)}, got {tuple(supports.shape)}."
             )
+        values = tensordict.get(self.tensor_keys.support_value, None)
+        if values is not None and values.shape != supports.shape[:-1]:
+            raise ValueError(
+                f"{name}: {self.tensor_keys.support_value!r} must have shape [*B, K] = "
+                f"{tuple(supports.shape[:-1])} (one critic value per support), got "
+                f"{tuple(values.shape)}."
+            )
         time, noise = self._given_or_sampled_time_and_noise(tensordict, action)
-        target = self.energy_target(observation, action, supports, time, noise)
+        target = self.energy_target(observation, action, supports, time, noise, values)
         per_sample, energy = self._regress(observation, target["noisy_action"], time, target["y"])
         weights = target["weights"]
         return TensorDict(
