@@ -99,6 +99,7 @@ class TrainingPlan:
         self.supports: dict[str, Tensor] = {}
         self.support_stats: dict[str, float] = {}
         self.support_values: Tensor | None = None
+        self._support_values_checked = False
         if train.plan == "joint" and (aepo.critic != "expectile" or aepo.energy != "analytic"):
             raise ValueError(
                 f"train.plan=joint supports only aepo.critic=expectile and aepo.energy=analytic "
@@ -229,14 +230,15 @@ class TrainingPlan:
             self._energy_step = self._optimizer_step(
                 self.nets.energy, self.train.energy.lr, self._budget["energy"], "loss_energy"
             )
-            self._cache_support_values()
 
     @torch.no_grad()
     def _cache_support_values(self) -> None:
-        """The frozen critic's values of the support actions at ``s`` ``[N, K]``, once, for an
-        energy that reads them (``support_values``: ``aepo.energy=support_posterior``); the
-        energy batches then carry them as ``("support", "value")``. Not checkpointed: the
-        critic is final when the energy stage starts, so a resumed run recomputes the same."""
+        """The frozen critic's values of the support actions at ``s`` ``[N, K]``, once, before
+        the first energy update, for an energy that reads them (``support_values``:
+        ``aepo.energy=support_posterior``); the energy batches then carry them as
+        ``("support", "value")``. Not checkpointed: the critic is final when the energy stage
+        starts, so a resumed run recomputes the same (an ``eval_only`` run never does)."""
+        self._support_values_checked = True
         values_of = getattr(self.energy_loss, "support_values", None)
         if values_of is None or "at_s" not in self.supports:
             return
@@ -344,6 +346,8 @@ class TrainingPlan:
         return _metrics(out)
 
     def _energy_update(self, batch: TensorDictBase, _step: int) -> dict[str, Tensor]:
+        if not self._support_values_checked:
+            self._cache_support_values()
         out = self.energy_loss(self.with_supports(batch))
         self._energy_step(out["loss_energy"])
         return _metrics(out)
