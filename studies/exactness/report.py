@@ -40,6 +40,8 @@ _COLORS = {
     "mse": "tab:orange",
     "dps": "tab:green",
     "cep": "tab:purple",
+    "log_mean_exp": "tab:brown",
+    "support_posterior": "tab:pink",
     "exact": "black",
     "aepo_p1_exact_eps": "tab:blue",
 }

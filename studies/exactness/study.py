@@ -8,7 +8,8 @@ the target policy ``pi ∝ mu exp(beta Q)``:
 model ``eps_theta`` is trained with :class:`~torchrl_aepo.objectives.DiffusionLoss`, then one
 :class:`~torchrl_aepo.EnergyNetwork` per loss of :data:`LEARNED_METHODS`: AEPO Posterior 1
 and Posterior 2 (:class:`~torchrl_aepo.objectives.AnalyticEnergyLoss` with
-:class:`~torchrl_aepo.objectives.PosteriorStatistics`), MSE, DPS and CEP
+:class:`~torchrl_aepo.objectives.PosteriorStatistics`), MSE, DPS, CEP and
+the two exact regressions, log-mean-exp and support posterior
 (:mod:`torchrl_aepo.objectives.energy_baselines`), all with the same frozen ``eps_theta`` and
 the analytic critic. The method ``"exact"`` guides the same ``eps_theta`` with the
 importance-weighted exact energy itself. Measured:
@@ -88,7 +89,9 @@ from torchrl_aepo.objectives.energy import AnalyticEnergyLoss
 from torchrl_aepo.objectives.energy_baselines import (
     CEPEnergyLoss,
     DPSEnergyLoss,
+    LogMeanExpEnergyLoss,
     MSEEnergyLoss,
+    SupportPosteriorEnergyLoss,
     sample_support_actions,
 )
 from torchrl_aepo.objectives.posterior import PosteriorStatistics
@@ -106,7 +109,16 @@ __all__ = [
     "guided_samples",
 ]
 
-LEARNED_METHODS = ("aepo_p1", "aepo_p2", "mse", "dps", "cep", "exact")
+LEARNED_METHODS = (
+    "aepo_p1",
+    "aepo_p2",
+    "mse",
+    "dps",
+    "cep",
+    "log_mean_exp",
+    "support_posterior",
+    "exact",
+)
 """Methods of the learned part; ``"exact"`` is the importance-weighted energy (not trained)."""
 
 DIAGNOSTICS = ("aepo_p1_exact_eps",)
@@ -122,6 +134,8 @@ METHOD_LABELS = {
     "mse": "MSE",
     "dps": "DPS",
     "cep": "CEP",
+    "log_mean_exp": "log-mean-exp",
+    "support_posterior": "support posterior",
     "exact": "exact",
     "aepo": "AEPO (exact posterior)",
     "aepo_p1_exact_eps": "AEPO Posterior 1, exact ε",
@@ -408,6 +422,10 @@ def _energy_loss(
         return DPSEnergyLoss(energy, noise_network, critic, beta=cfg.beta)
     if method == "cep":
         return CEPEnergyLoss(energy, noise_network, critic, beta=cfg.beta)
+    if method == "log_mean_exp":
+        return LogMeanExpEnergyLoss(energy, noise_network, critic, beta=cfg.beta)
+    if method == "support_posterior":
+        return SupportPosteriorEnergyLoss(energy, noise_network, critic, beta=cfg.beta)
     raise ValueError(f"Unknown trained method {method!r}.")
 
 
@@ -477,6 +495,14 @@ def _train_energies(
             batch_size=[cfg.energy_batch],
         )
 
+    def support_batch() -> TensorDict:
+        batch = regression_batch()
+        index = torch.randint(
+            0, len(pool), (cfg.energy_batch, cfg.cep_support), generator=generator
+        )
+        batch.set(("support", "action"), pool[index])
+        return batch
+
     def cep_batch() -> TensorDict:
         index = torch.randint(0, len(pool), (cfg.cep_states, cfg.cep_support), generator=generator)
         return TensorDict(
@@ -499,7 +525,9 @@ def _train_energies(
             cfg,
         )
         torch.manual_seed(cfg.seed + 8)
-        batch_fn = cep_batch if method == "cep" else regression_batch
+        batch_fn = {"cep": cep_batch, "support_posterior": support_batch}.get(
+            method, regression_batch
+        )
         histories[method] = _cosine_fit(
             loss, batch_fn, cfg.energy_steps, cfg.energy_lr, "loss_energy"
         )
