@@ -44,6 +44,10 @@ def test_main_reads_and_copies_the_files(tmp_path):
         "hop.aepo0.json",
         "hop.aepo1.json",
     ]
+    copies = [str(tmp_path / "c" / f"hop.aepo{i}.json") for i in (0, 1)]
+    again = main(["--aepo", *copies, paths[1], "--copy-to", str(tmp_path / "c"), "--name", "hop"])
+    assert "(3 seeds)" in again  # its own copies as input (same files) plus a third one
+    assert len(list((tmp_path / "c").iterdir())) == 3
     with pytest.raises(SystemExit):
         main([])  # --aepo is required
 

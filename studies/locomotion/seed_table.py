@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> str:
             loaded[kind].append(json.loads(path.read_text()))
             if args.copy_to is not None:
                 args.copy_to.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, args.copy_to / f"{args.name}.{kind}{i}.json")
+                copy = args.copy_to / f"{args.name}.{kind}{i}.json"
+                if not (copy.exists() and copy.samefile(path)):  # re-run on its own copies
+                    shutil.copyfile(path, copy)
     table = build_seed_table(loaded["aepo"], loaded["iql"])
     if args.out is not None:
         args.out.write_text(table + "\n")
