@@ -616,27 +616,19 @@ class SupportPosteriorEnergyLoss(EnergyLossBase):
     """
 
     @dataclass
-    class _AcceptedKeys:
-        """Configurable tensordict keys.
+    class _AcceptedKeys(EnergyLossBase._AcceptedKeys):
+        """Configurable tensordict keys: :class:`EnergyLossBase`'s and the supports'.
 
         Attributes:
-            observation: conditioning state. Defaults to ``"observation"``.
-            action: clean dataset action ``a_0``. Defaults to ``"action"``.
             support_action: the ``K`` support actions ``[*B, K, d]``. Defaults to
                 ``("support", "action")``.
             support_value: optional precomputed critic values of the supports ``[*B, K]``
                 (:meth:`support_values`; the critic is frozen, so a plan computes them once).
                 Defaults to ``("support", "value")``.
-            time: optional given diffusion times ``[*B, 1]``. Defaults to ``"energy_time"``.
-            noise: optional given noise ``eps`` ``[*B, d]``. Defaults to ``"energy_noise"``.
         """
 
-        observation: NestedKey = "observation"
-        action: NestedKey = "action"
         support_action: NestedKey = ("support", "action")
         support_value: NestedKey = ("support", "value")
-        time: NestedKey = "energy_time"
-        noise: NestedKey = "energy_noise"
 
     default_keys = _AcceptedKeys
 
