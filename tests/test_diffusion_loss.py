@@ -137,3 +137,71 @@ def test_sampling_network_without_ema():
 def test_bad_reduction():
     with pytest.raises(ValueError, match="reduction"):
         DiffusionLoss(small_net(), reduction="avg")
+
+
+# ------------------------------------------------------------------------ per-sample weights
+def _given_time_and_noise(batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch["diffusion_time"] = torch.rand(batch.shape[0], 1, generator=g) * 0.9 + 0.05
+    batch["diffusion_noise"] = torch.randn(batch["action"].shape, generator=g)
+    return batch
+
+
+def test_weight_multiplies_each_sample_loss():
+    loss = DiffusionLoss(small_net(), reduction="none")
+    batch = _given_time_and_noise(make_batch())
+    plain = loss(batch)["loss_diffusion"]
+    weight = torch.rand(64) * 3
+    for w in (weight, weight.unsqueeze(-1)):  # [B] or [B, 1]
+        out = loss(batch.clone().set("diffusion_weight", w))["loss_diffusion"]
+        torch.testing.assert_close(out, plain * weight)
+    mean = DiffusionLoss(small_net(), reduction="mean")
+    mean.load_state_dict(loss.state_dict())
+    torch.testing.assert_close(
+        mean(batch.clone().set("diffusion_weight", weight))["loss_diffusion"],
+        (plain * weight).mean(),
+    )
+    loss.set_keys(weight="w")  # the key is configurable
+    torch.testing.assert_close(loss(batch.clone().set("w", weight))["loss_diffusion"],
+                               plain * weight)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "weight, match",
+    [(torch.ones(64, 1, 1), "shape"), (torch.ones(64, 2), "shape"),
+     (-torch.ones(64), "negative or non-finite"), (torch.full((64,), float("nan")), "non-finite")],
+)  # fmt: skip
+def test_bad_weights_are_refused_naming_the_key(weight, match):
+    loss = DiffusionLoss(small_net())
+    with pytest.raises(ValueError, match=match) as err:
+        loss(make_batch().set("diffusion_weight", weight))
+    assert "diffusion_weight" in str(err.value)
+
+
+def test_weighted_minimiser_is_the_tilted_gaussian():
+    """Data N(0, v), weights exp(k a): the weighted loss is stationary at the exact noise
+    predictor of the tilted data N(k v, v) (AEPO's target for a linear Q), and not at the
+    untilted one's; with the weight inverted, stationary at neither."""
+    v, k, n = 0.25, 1.0, 400_000
+    g = torch.Generator().manual_seed(0)
+    a0 = v**0.5 * torch.randn(n, 1, generator=g)
+    t = torch.rand(n, 1, generator=g) * 0.9 + 0.05
+    eps = torch.randn(n, 1, generator=g)
+    sched = VPSchedule()
+    alpha, sigma = sched.alpha_sigma(t)
+    x = alpha * a0 + sigma * eps
+
+    def gaussian_eps(mean):  # exact noise predictor of data N(mean, v)
+        return sigma * (x - alpha * mean) / (alpha**2 * v + sigma**2)
+
+    def gradient(prediction, weight):
+        # d/dc and d/dd of mean(weight * (prediction + c + d x - eps)^2) at c = d = 0
+        r = 2 * weight * (prediction - eps).squeeze(-1)
+        return torch.stack([r.mean(), (r * x.squeeze(-1)).mean()]).abs()
+
+    weight = torch.exp(k * a0.squeeze(-1))
+    tilted, untilted = gaussian_eps(k * v), gaussian_eps(0.0)
+    assert gradient(tilted, weight).max() < 0.01
+    assert gradient(untilted, weight).max() > 0.1
+    assert gradient(untilted, torch.ones(n)).max() < 0.01  # the unweighted loss: untilted
+    assert gradient(tilted, 1 / weight).max() > 0.1

@@ -413,6 +413,20 @@ def test_init_from_reuses_the_stages_whose_settings_are_unchanged(recipe, data_r
         )
     )
     assert [k for k, v in other["train"]["stages"].items() if v["skipped"]] == ["critic"]
+    # the advantage-weighted behaviour model: the critic first (reused), the rest retrained
+    weighted = recipe.run(
+        _cfg(
+            data_root,
+            tmp_path / "weighted",
+            f"init_from={first}",
+            "aepo.behaviour_weighting=advantage",
+            "train.eval_interval=0",
+        )
+    )
+    stages = weighted["train"]["stages"]
+    assert list(stages) == ["critic", "diffusion", "gamma", "energy"]
+    assert [k for k, v in stages.items() if v["skipped"]] == ["critic"]
+    assert math.isfinite(weighted["final"]["normalized_mean"])
 
 
 # ------------------------------------------------------------- train.num_seeds (stacked seeds)

@@ -75,6 +75,7 @@ from torchrl_aepo.aepo.config import (
 from torchrl_aepo.aepo.guidance import GuidanceChoice, critic_lower_bound, select_guidance
 from torchrl_aepo.aepo.plan import TrainingPlan, build_training_plan
 from torchrl_aepo.aepo.stacked_plan import StackedTrainingPlan
+from torchrl_aepo.aepo.weighting import advantage_weights
 
 __all__ = [
     "AEPOConfig",
@@ -106,4 +107,5 @@ __all__ = [
     "GuidanceChoice",
     "critic_lower_bound",
     "select_guidance",
+    "advantage_weights",
 ]

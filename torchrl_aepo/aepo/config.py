@@ -212,6 +212,14 @@ class AEPOConfig(_Config):
             dataset's, :class:`~torchrl_aepo.objectives.SupportPosteriorEnergyLoss`).
         energy_max_target: cap of the target ``beta Q`` of ``energy="log_mean_exp"`` (``None``:
             no cap); ``log(100)`` with the value baseline is IQL's weight clip.
+        behaviour_weighting: ``"none"`` (default, the paper's: the diffusion model learns the
+            dataset's behaviour ``mu``) or ``"advantage"``: it is trained after the critic on
+            the dataset reweighted by ``min(exp(beta (min Q - V)), behaviour_weight_clip)``
+            (:func:`~torchrl_aepo.aepo.advantage_weights`), so it models ``mu exp(beta A)``,
+            the target itself, and the guided sampler at degree ``w`` targets
+            ``mu exp((1 + w) beta Q)``. Only with ``critic="expectile"`` (the other critics
+            read the behaviour model) and the staged plan.
+        behaviour_weight_clip: the largest weight (IQL's 100).
         num_support: ``K`` behaviour-model support actions per state (``isql``/``cql`` at
             ``s'``, ``cql``/``cep`` at ``s``), generated once after the diffusion stage.
         isql_beta: ``beta_Q`` of the ISQL softmax backup (QGPO: 1).
@@ -242,6 +250,8 @@ class AEPOConfig(_Config):
         "analytic"
     )
     energy_max_target: float | None = None
+    behaviour_weighting: Literal["none", "advantage"] = "none"
+    behaviour_weight_clip: float = 100.0
     num_support: int = 16
     isql_beta: float = 1.0
     cql_alpha: float = 1.0
@@ -277,6 +287,22 @@ class AEPOConfig(_Config):
                     f"{prefix}energy_max_target={self.energy_max_target!r}: must be a finite "
                     "number or null"
                 )
+        if self.behaviour_weighting not in ("none", "advantage"):
+            out.append(
+                f"{prefix}behaviour_weighting={self.behaviour_weighting!r}: use none or advantage"
+            )
+        elif self.behaviour_weighting == "advantage" and self.critic != "expectile":
+            out.append(
+                f"{prefix}behaviour_weighting='advantage' with {prefix}critic={self.critic!r}: "
+                "the weighted behaviour model is trained after the critic, and this critic "
+                f"reads the behaviour model's actions; use {prefix}critic=expectile or "
+                f"{prefix}behaviour_weighting=none"
+            )
+        clip = self.behaviour_weight_clip
+        if isinstance(clip, bool) or not (
+            isinstance(clip, (int, float)) and clip > 0 and math.isfinite(clip)
+        ):
+            out.append(f"{prefix}behaviour_weight_clip={clip!r}: must be a finite number > 0")
         if not isinstance(self.num_support, int) or self.num_support < 2:
             out.append(f"{prefix}num_support={self.num_support!r}: must be an integer >= 2")
         if not (isinstance(self.isql_beta, (int, float)) and self.isql_beta >= 0):
@@ -489,18 +515,24 @@ class TrainConfig(_Config):
         )
 
     def stage_names(self, aepo: AEPOConfig | None = None) -> tuple[str, ...]:
-        """The plan's stages; without ``aepo`` every stage the plan may have."""
+        """The plan's stages, in order; without ``aepo`` every stage the plan may have.
+
+        With ``aepo.behaviour_weighting="advantage"`` the critic comes first (the behaviour
+        model is trained on its weights)."""
         if self.plan == "joint":
             return JOINT
         if aepo is None:
             return ALL_STAGED
         at_s, at_next = aepo.needs_supports()
-        return tuple(
+        names = tuple(
             name
             for name in ALL_STAGED
             if (name != "supports" or at_s or at_next)
             and (name != "gamma" or aepo.energy == "analytic")
         )
+        if aepo.behaviour_weighting == "advantage":
+            names = ("critic", *(name for name in names if name != "critic"))
+        return names
 
     def problems(self, prefix: str = "train.") -> list[str]:
         out = []
@@ -561,6 +593,12 @@ def config_problems(model: ModelConfig, aepo: AEPOConfig, train: TrainConfig) ->
             "only the expectile critic and the analytic energy (the ablations need the trained "
             "behaviour model first); use train.plan=staged"
         )
+    if train.plan == "joint" and aepo.behaviour_weighting == "advantage":
+        out.append(
+            "aepo.behaviour_weighting='advantage' with train.plan=joint: the weighted behaviour "
+            "model needs the trained critic first; use train.plan=staged or "
+            "aepo.behaviour_weighting=none"
+        )
     out += num_seeds_problems(aepo, train)
     out += overlap_problems(aepo, train)
     stop = train.stop_after_stage
@@ -584,6 +622,7 @@ def num_seeds_problems(aepo: AEPOConfig, train: TrainConfig) -> list[str]:
         "train.grad_clip": (train.grad_clip, None),
         "train.eval_interval": (train.eval_interval, 0),
         "aepo.guidance_rule": (aepo.guidance_rule, "fixed"),  # one w per seed: not aggregated
+        "aepo.behaviour_weighting": (aepo.behaviour_weighting, "none"),
     }
     return [
         f"{key}={value!r} with train.num_seeds={n}: the stacked seeds support only "
@@ -608,6 +647,8 @@ def overlap_problems(aepo: AEPOConfig, train: TrainConfig) -> list[str]:
         "aepo.critic": (aepo.critic, "expectile", "this critic reads the behaviour model's "
                         "support actions, so it must follow the diffusion stage"),
         "train.num_seeds": (train.num_seeds, 1, "the stacked seeds are one process"),
+        "aepo.behaviour_weighting": (aepo.behaviour_weighting, "none", "the weighted behaviour "
+                                     "model is trained on the critic's weights, after it"),
     }  # fmt: skip
     return [
         f"{key}={value!r} with train.overlap_stages=true: {why}; use {key}={needed!r} or "

@@ -18,6 +18,7 @@ from torchrl_aepo.aepo.build import (
     estimate_posterior_statistics,
 )
 from torchrl_aepo.aepo.config import PLANS, AEPOConfig, TrainConfig
+from torchrl_aepo.aepo.weighting import advantage_weights
 from torchrl_aepo.trainer import GeneratorState, OptimizerStep, Stage, adam_step
 
 
@@ -100,6 +101,9 @@ class TrainingPlan:
         self.support_stats: dict[str, float] = {}
         self.support_values: Tensor | None = None
         self._support_values_checked = False
+        #: ``aepo.behaviour_weighting="advantage"``: the dataset's advantage weights ``[N]``,
+        #: computed from the trained critic when the diffusion stage first needs them.
+        self.behaviour_weights: Tensor | None = None
         if train.plan == "joint" and (aepo.critic != "expectile" or aepo.energy != "analytic"):
             raise ValueError(
                 f"train.plan=joint supports only aepo.critic=expectile and aepo.energy=analytic "
@@ -137,6 +141,9 @@ class TrainingPlan:
     #: expectile critic's stage (an energy ablation then reuses a default run's critic).
     _CRITIC_ABLATION_KEYS = ("aepo.critic", "aepo.isql_beta", "aepo.cql_alpha",
                              "aepo.cql_num_random", "aepo.cql_temperature")  # fmt: skip
+    #: With ``aepo.behaviour_weighting="advantage"`` the behaviour model (and every stage
+    #: that reads it) also depends on the critic's settings and the weights'.
+    _WEIGHTING_KEYS = ("aepo.behaviour_weighting", "aepo.behaviour_weight_clip", "aepo.beta")
     STAGE_KEYS = {
         "diffusion": _BEHAVIOUR_KEYS,
         "supports": (*_BEHAVIOUR_KEYS, *_SUPPORT_KEYS),
@@ -163,6 +170,8 @@ class TrainingPlan:
             if stage.name == "critic" and self.aepo.critic != "expectile":
                 keys = (*keys, *self._CRITIC_ABLATION_KEYS, *self._BEHAVIOUR_KEYS,
                         *self._SUPPORT_KEYS)  # fmt: skip
+            if stage.name in ("diffusion", "supports", "gamma") and self._weighted:
+                keys = (*keys, *self.STAGE_KEYS["critic"], *self._WEIGHTING_KEYS)
             out[stage.name] = (
                 dict(config) if keys is None else _select(config, (*self.SHARED_KEYS, *keys))
             )
@@ -331,7 +340,39 @@ class TrainingPlan:
     def _supports_update(self, _batch: None, _step: int) -> dict[str, Tensor]:
         return {f"supports_{k}": torch.tensor(v) for k, v in self.generate_supports().items()}
 
+    @property
+    def _weighted(self) -> bool:
+        return self.aepo.behaviour_weighting == "advantage"
+
+    def _weigh(self, batch: TensorDictBase) -> TensorDictBase:
+        """``batch`` with its transitions' advantage weights (by their ``"index"``) under the
+        diffusion loss's ``weight`` key; computed from the trained critic on first use."""
+        if self.behaviour_weights is None:
+            self.behaviour_weights = advantage_weights(
+                self.losses.critic.target_qvalue_network(),
+                self.nets.value,
+                self.dataset,
+                beta=self.aepo.beta,
+                clip=self.aepo.behaviour_weight_clip,
+            )
+            w = self.behaviour_weights
+            print(
+                f"[aepo] behaviour weights exp(beta A): mean {float(w.mean()):.3g}, "
+                f"{float((w >= self.aepo.behaviour_weight_clip).float().mean()):.1%} clipped, "
+                f"effective sample share {float(w.sum() ** 2 / w.pow(2).sum() / len(w)):.1%}"
+            )
+        index = batch.get("index", None)
+        if index is None:
+            raise KeyError(
+                "aepo.behaviour_weighting='advantage' looks the weights up by the batch's "
+                "'index' entry (a TensorDictReplayBuffer sample has it); this batch has none."
+            )
+        batch.set(self.losses.diffusion.tensor_keys.weight, self.behaviour_weights[index])
+        return batch
+
     def _diffusion_update(self, batch: TensorDictBase, _step: int) -> dict[str, Tensor]:
+        if self._weighted:
+            batch = self._weigh(batch)
         out = self.losses.diffusion(batch)
         self.diffusion_step(out["loss_diffusion"])
         if self.losses.diffusion_ema is not None:
@@ -397,8 +438,8 @@ class TrainingPlan:
                 setup=self._build_energy,
             ),
         ]
-        names = t.stage_names(self.aepo)
-        return [stage for stage in stages if stage.name in names]
+        by_name = {stage.name: stage for stage in stages}
+        return [by_name[name] for name in t.stage_names(self.aepo)]
 
     def _joint(self) -> list[Stage]:
         refresh = self.train.joint.gamma_refresh_interval

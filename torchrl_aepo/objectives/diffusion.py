@@ -26,8 +26,11 @@ class DiffusionLoss(LossModule):
         L(\\theta) = \\mathbb{E}_{t \\sim U(t_{min}, 1),\\,(s, a_0) \\sim D,\\,\\epsilon}
         \\big\\| \\epsilon_\\theta(\\alpha_t a_0 + \\sigma_t \\epsilon, s, t) - \\epsilon \\big\\|_2^2
 
-    The squared error is summed over action dimensions (per sample ``[*B]``), then reduced
-    over the batch with ``reduction``.
+    The squared error is summed over action dimensions (per sample ``[*B]``), multiplied by
+    the optional per-sample ``weight``, then reduced over the batch with ``reduction``. With
+    weights ``w(s, a_0) >= 0`` the minimiser is the noise predictor of the reweighted data
+    ``mu_w(a | s) ∝ w(s, a) mu(a | s)`` (e.g. ``w = exp(beta A)``: the model of
+    ``mu exp(beta A)`` itself, :func:`~torchrl_aepo.aepo.advantage_weights`).
 
     Args:
         noise_network: a noise predictor ``eps(noisy_action [*B,d], time [*B,1], observation [*B,s])
@@ -46,7 +49,8 @@ class DiffusionLoss(LossModule):
     Input keys (``set_keys``): ``observation`` ``[*B, s]``, ``action`` ``[*B, d]``; optional
     ``time`` ``[*B, 1]`` and ``noise`` ``[*B, d]`` (``"diffusion_time"`` / ``"diffusion_noise"``):
     when present they are used instead of drawing ``t`` and ``epsilon`` from torch's global
-    generator (e.g. per-member generators of :class:`~torchrl_aepo.stacked.StackedDiffusion`).
+    generator (e.g. per-member generators of :class:`~torchrl_aepo.stacked.StackedDiffusion`);
+    optional ``weight`` ``[*B]`` or ``[*B, 1]`` (``"diffusion_weight"``), finite and ``>= 0``.
     Output: ``loss_diffusion`` (scalar, or ``[*B]`` with ``reduction="none"``).
 
     Examples:
@@ -69,12 +73,15 @@ class DiffusionLoss(LossModule):
             action: clean dataset action ``a_0``. Defaults to ``"action"``.
             time: optional given diffusion times. Defaults to ``"diffusion_time"``.
             noise: optional given noise ``epsilon``. Defaults to ``"diffusion_noise"``.
+            weight: optional per-sample weight of the squared error. Defaults to
+                ``"diffusion_weight"``.
         """
 
         observation: NestedKey = "observation"
         action: NestedKey = "action"
         time: NestedKey = "diffusion_time"
         noise: NestedKey = "diffusion_noise"
+        weight: NestedKey = "diffusion_weight"
 
     default_keys = _AcceptedKeys
     noise_network: nn.Module
@@ -134,7 +141,27 @@ class DiffusionLoss(LossModule):
             noise = torch.randn_like(action)
         noisy_action = self.schedule.add_noise(action, time, noise)
         per_sample = (net(noisy_action, time, observation) - noise).pow(2).sum(-1)
+        weight = tensordict.get(self.tensor_keys.weight, None)
+        if weight is not None:
+            per_sample = per_sample * self._check_weight(weight, per_sample.shape, name)
         return TensorDict({"loss_diffusion": _reduce(per_sample, self.reduction)}, batch_size=[])
+
+    def _check_weight(self, weight: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
+        if weight.shape == (*shape, 1):
+            weight = weight.squeeze(-1)
+        if weight.shape != shape:
+            raise ValueError(
+                f"{name}: {self.tensor_keys.weight!r} has shape {tuple(weight.shape)}; expected "
+                f"{tuple(shape)} or {(*shape, 1)} (one weight per sample)."
+            )
+        if not torch.compiler.is_compiling() and not bool(
+            (torch.isfinite(weight) & (weight >= 0)).all()
+        ):
+            raise ValueError(
+                f"{name}: {self.tensor_keys.weight!r} has negative or non-finite entries "
+                f"(min {float(weight.min())}); the weights must be finite and >= 0."
+            )
+        return weight
 
     def sampling_network(self, ema: bool | None = None) -> nn.Module:
         """A standalone copy of the noise network for sampling (the EMA weights if kept).
