@@ -158,7 +158,7 @@ def run(cfg: DictConfig, context: dict[str, Any]) -> dict[str, Any]:
     else:
         degrees = [r.guidance for r in deployed_sweep]
         results["deployed"] = utils.deployed_record(
-            deployed_sweep[degrees.index(float(chosen))], cfg, aepo_cfg
+            deployed_sweep[degrees.index(utils.deployed_guidance(cfg, chosen))], cfg, aepo_cfg
         )
     results["deployed_sweep"] = [r.to_dict() for r in deployed_sweep]
     results["timings"].update(

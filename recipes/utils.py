@@ -114,6 +114,11 @@ def deploy_problems(deploy_cfg: DictConfig) -> list[str]:
         out.append(
             f"deploy.selection={deploy_cfg.get('selection')!r}: use argmax_q, softmax_q or first"
         )
+    degree = deploy_cfg.get("guidance")
+    if degree is not None and (
+        isinstance(degree, bool) or not isinstance(degree, (int, float)) or not degree >= 0
+    ):
+        out.append(f"deploy.guidance={degree!r}: must be a number >= 0 or null")
     scale = deploy_cfg.get("latent_scale")
     if scale is not None and (
         isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0
@@ -411,9 +416,10 @@ def stopped_early(summary: dict, run_dir: Path, logger, env) -> dict:
 def evaluate_deployed(cfg, nets, losses, aepo_cfg, box, env, metadata, guidance, compile_options):
     """The deployed policy (``deploy.num_candidates`` guided candidates per state, drawn with
     the latent scale ``deploy.latent_scale`` (null: ``aepo.latent_scale``), one picked by the
-    target critic with ``deploy.selection``) evaluated at ``guidance`` and at every
-    degree of ``deploy.guidance_sweep``: ``(result at guidance, sweep results)``, or
-    ``(None, [])`` when ``deploy.num_candidates`` is null."""
+    target critic with ``deploy.selection``) evaluated at its degree
+    (:func:`deployed_guidance`: ``deploy.guidance``, or the reported policy's ``guidance``) and
+    at every degree of ``deploy.guidance_sweep``: ``(result at that degree, sweep results)``,
+    or ``(None, [])`` when ``deploy.num_candidates`` is null."""
     from torchrl_aepo import aepo
     from torchrl_aepo.evaluation import guidance_sweep
 
@@ -435,9 +441,17 @@ def evaluate_deployed(cfg, nets, losses, aepo_cfg, box, env, metadata, guidance,
         compile=compile_options,
     )
     kwargs = eval_kwargs(cfg.eval, metadata, int(cfg.eval.episodes))
+    guidance = deployed_guidance(cfg, guidance)
     degrees = sorted({float(guidance), *[float(w) for w in (cfg.deploy.guidance_sweep or [])]})
     sweep = guidance_sweep(actor, env, degrees, **kwargs)
     return sweep[degrees.index(float(guidance))], sweep
+
+
+def deployed_guidance(cfg: DictConfig, reported: float) -> float:
+    """The deployed policy's guidance degree: ``deploy.guidance``, or the reported (faithful)
+    policy's degree ``reported`` when that is null."""
+    degree = cfg.deploy.get("guidance")
+    return float(reported if degree is None else degree)
 
 
 def deployed_latent_scale(cfg: DictConfig, aepo_cfg) -> float:
@@ -450,13 +464,15 @@ def deployed_latent_scale(cfg: DictConfig, aepo_cfg) -> float:
 def deployed_record(result, cfg: DictConfig, aepo_cfg) -> dict | None:
     """results.json ``deployed``: the evaluation ``result`` (an ``EvalResult``, or ``None``
     when the deployed policy was not evaluated) with the ``deploy`` settings, its latent
-    scale the effective one (:func:`deployed_latent_scale`)."""
+    scale and guidance degree the effective ones (:func:`deployed_latent_scale`; the degree the
+    result was evaluated at)."""
     if result is None:
         return None
     return {
         **result.to_dict(),
         **dict(cfg.deploy),
         "latent_scale": deployed_latent_scale(cfg, aepo_cfg),
+        "guidance": result.guidance,
     }
 
 

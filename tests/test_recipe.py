@@ -236,11 +236,12 @@ def test_bad_settings_are_refused_before_any_work(recipe, data_root, tmp_path):
         "aepo.latent_scale=-1",
         "deploy.latent_scale=-0.5",
         "deploy.num_candidates=1",  # with deploy.selection=argmax_q: nothing to select
+        "deploy.guidance=-1",
     ]
     with pytest.raises(recipe.RecipeError) as err:
         recipe.run(_cfg(data_root, run_dir, *bad))
     message = str(err.value)
-    assert "10 invalid setting(s)" in message
+    assert "11 invalid setting(s)" in message
     for override in bad:
         assert override in message, (override, message)
     assert not run_dir.exists()  # refused before the run dir, data or training
@@ -356,6 +357,14 @@ def test_eval_only_evaluates_a_finished_run_under_other_sampling_settings(
         k: v for k, v in on_disk["deployed"].items() if k in on_disk["deployed_sweep"][1]
     }
     assert on_disk["config"]["aepo"]["num_candidates"] == 4
+    # the deployed policy at its own degree (deploy.guidance), the reported one unchanged
+    own = recipe.run(
+        _cfg(data_root, run_dir, "eval_only=true", "eval.guidance_sweep=[0.0]",
+             "deploy.num_candidates=1", "deploy.selection=first", "deploy.guidance=0.5",
+             "aepo.guidance=2.0")
+    )  # fmt: skip
+    assert own["final"]["guidance"] == 2.0 and own["deployed"]["guidance"] == 0.5
+    assert [r["guidance"] for r in own["deployed_sweep"]] == [0.5]
     # a training key may not differ: refused with the changed key
     with pytest.raises(recipe.RecipeError, match=r"aepo.beta"):
         recipe.run(_cfg(data_root, run_dir, "eval_only=true", "aepo.beta=7"))
