@@ -12,7 +12,8 @@ support the bound grows with ``w``; where the gain is small against the heads' d
 (the critic cannot tell the guided actions apart), it stays near ``w = 0``. The default ladder
 stops at ``w = 1``, the target ``pi ∝ mu exp(beta Q)`` itself: the rule decides how far from the
 behaviour policy toward it the critic's evidence carries, not whether to trust the critic
-beyond the temperature ``beta``.
+beyond the temperature ``beta``. (With ``aepo.behaviour_weighting="advantage"`` the model at
+``w = 0`` is already that target, and the ladder runs from it to ``mu exp(2 beta Q)``.)
 
 The rule reads only the dataset and the trained networks. Its one constant, ``pessimism = 1``,
 was set on three local medium-replay datasets (their evaluation returns seen) and is kept
