@@ -79,6 +79,7 @@ def test_defaults_and_presets():
     assert loco.aepo.latent_scale == 1.0 and loco.aepo.guidance_rule == "critic_lower_bound"
     assert dict(loco.deploy) == {
         "num_candidates": 1, "selection": "first", "latent_scale": 0.0, "guidance_sweep": [0.0],
+        "guidance": None,
     }  # fmt: skip
     assert _recipe_utils().deploy_problems(loco.deploy) == []
 
