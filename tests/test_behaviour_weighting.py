@@ -85,6 +85,10 @@ def test_weighted_plan_trains_the_critic_first_and_weights_each_batch(data_root,
         torch.testing.assert_close(weight, expected[index])
     with pytest.raises(KeyError, match="index"):
         plan._weigh(TensorDict({"observation": torch.zeros(2, meta.obs_dim)}, [2]))
+    # built without the recipe's config check, the joint plan refuses it too
+    joint = TrainConfig.budget(steps=3, batch_size=16, plan="joint")
+    with pytest.raises(ValueError, match="behaviour_weighting"):
+        build_training_plan(nets, losses, rb[:], aepo=WEIGHTED, train=joint)
 
 
 def test_weighted_stage_hashes_include_the_critic_and_unweighted_ones_do_not(data_root):

@@ -104,10 +104,15 @@ class TrainingPlan:
         #: ``aepo.behaviour_weighting="advantage"``: the dataset's advantage weights ``[N]``,
         #: computed from the trained critic when the diffusion stage first needs them.
         self.behaviour_weights: Tensor | None = None
-        if train.plan == "joint" and (aepo.critic != "expectile" or aepo.energy != "analytic"):
+        if train.plan == "joint" and (
+            aepo.critic != "expectile"
+            or aepo.energy != "analytic"
+            or aepo.behaviour_weighting != "none"
+        ):
             raise ValueError(
-                f"train.plan=joint supports only aepo.critic=expectile and aepo.energy=analytic "
-                f"(got {aepo.critic!r}, {aepo.energy!r}); use train.plan=staged."
+                f"train.plan=joint supports only aepo.critic=expectile, aepo.energy=analytic "
+                f"and aepo.behaviour_weighting=none (got {aepo.critic!r}, {aepo.energy!r}, "
+                f"{aepo.behaviour_weighting!r}); use train.plan=staged."
             )
         self.posterior: Any = None
         self.energy_loss: nn.Module | None = None
@@ -323,12 +328,7 @@ class TrainingPlan:
         """``batch`` with its transitions' support actions (read by their ``"index"``)."""
         if not self.supports:
             return batch
-        index = batch.get("index", None)
-        if index is None:
-            raise KeyError(
-                "the plan's support actions are looked up by the batch's 'index' entry (a "
-                "TensorDictReplayBuffer sample has it); this batch has none."
-            )
+        index = _batch_index(batch, "the plan's support actions are")
         if "at_s" in self.supports:
             batch.set(("support", "action"), self.supports["at_s"][index])
             if self.support_values is not None:
@@ -361,12 +361,7 @@ class TrainingPlan:
                 f"{float((w >= self.aepo.behaviour_weight_clip).float().mean()):.1%} clipped, "
                 f"effective sample share {float(w.sum() ** 2 / w.pow(2).sum() / len(w)):.1%}"
             )
-        index = batch.get("index", None)
-        if index is None:
-            raise KeyError(
-                "aepo.behaviour_weighting='advantage' looks the weights up by the batch's "
-                "'index' entry (a TensorDictReplayBuffer sample has it); this batch has none."
-            )
+        index = _batch_index(batch, "aepo.behaviour_weighting='advantage': the weights are")
         batch.set(self.losses.diffusion.tensor_keys.weight, self.behaviour_weights[index])
         return batch
 
@@ -484,6 +479,18 @@ class TrainingPlan:
                 finalize=self.sync_behaviour,
             )
         ]
+
+
+def _batch_index(batch: TensorDictBase, what: str) -> Tensor:
+    """The batch's ``"index"`` entry (its transitions' rows in the dataset), by which ``what``
+    looked up; a clear error when the batch has none."""
+    index = batch.get("index", None)
+    if index is None:
+        raise KeyError(
+            f"{what} looked up by the batch's 'index' entry (a TensorDictReplayBuffer sample "
+            "has it); this batch has none."
+        )
+    return index
 
 
 def _select(config: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
