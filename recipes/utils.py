@@ -110,9 +110,10 @@ def deploy_problems(deploy_cfg: DictConfig) -> list[str]:
     k = deploy_cfg.get("num_candidates")
     if k is not None and (not isinstance(k, int) or k < 1):
         out.append(f"deploy.num_candidates={k!r}: must be a positive integer or null")
-    if deploy_cfg.get("selection") not in ("argmax_q", "softmax_q", "first"):
+    if deploy_cfg.get("selection") not in ("argmax_q", "softmax_q", "mean", "first"):
         out.append(
-            f"deploy.selection={deploy_cfg.get('selection')!r}: use argmax_q, softmax_q or first"
+            f"deploy.selection={deploy_cfg.get('selection')!r}: use argmax_q, softmax_q, mean "
+            "or first"
         )
     degree = deploy_cfg.get("guidance")
     if degree is not None and (

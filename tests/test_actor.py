@@ -263,6 +263,26 @@ def test_softmax_q_picks_candidates_and_is_seeded():
         torch.testing.assert_close(warm.sample(obs), warm.sample(obs))
 
 
+def test_mean_selection_averages_the_candidates_without_a_critic():
+    """``selection="mean"``: the average of the same K candidates, no critic; on the tilted
+    Gaussian oracle ``N(m, V I)`` it is ``N(m, V / K I)`` (an unbiased estimate of the mean)."""
+    k, n = 8, 16
+    kwargs = {"solver": DPMSolver(steps=10), "w": 1.0}
+    averaged = gaussian_actor(num_candidates=k, selection="mean", **kwargs)
+    single = gaussian_actor(**kwargs)
+    obs = torch.randn(n, OBS_DIM)
+    candidates = single.sample(
+        obs.repeat_interleave(k, 0), generator=torch.Generator().manual_seed(5)
+    ).view(n, k, 3)
+    torch.testing.assert_close(
+        averaged.sample(obs, generator=torch.Generator().manual_seed(5)), candidates.mean(1)
+    )
+    samples = oracle_samples(gaussian_actor(w=1.0, num_candidates=k, selection="mean"), n=4000)
+    mean_err, var_err = moment_errors(samples, C + BETA * V * Q_DIR, V / k)
+    # 4000 means of 8: mean SE sqrt(V / 32000) = 0.004, variance SE (V / 8) sqrt(2 / 4000) = 0.0014
+    assert mean_err < MEAN_TOL and var_err < 0.01, (mean_err, var_err)
+
+
 # ----------------------------------------------------------------------------- TorchRL policy
 def make_hopper():
     return TransformedEnv(GymEnv("Hopper-v5"), DoubleToFloat())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,13 @@ def test_readme_example_without_hydra(data_root, tmp_path):
     for a, b in zip(ema.parameters(), nets.behaviour.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     assert plan.energy_loss is not None and plan.posterior is not None
+    # the critic is attached only for the Q-based selection rules
+    pick = dataclasses.replace(aepo, num_candidates=4, selection="argmax_q")
+    mean = dataclasses.replace(aepo, num_candidates=4, selection="mean")
+    assert build_actor(nets, losses, pick).module.qvalue_network is not None
+    mean_actor = build_actor(nets, losses, mean, action_low=low, action_high=high)
+    assert mean_actor.module.qvalue_network is None
+    assert mean_actor.sample(rb[:8]["observation"]).shape == (8, meta.action_dim)
 
 
 def test_from_dict_reads_nested_groups_and_refuses_unknown_keys():

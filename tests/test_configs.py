@@ -82,6 +82,12 @@ def test_defaults_and_presets():
         "guidance": None,
     }  # fmt: skip
     assert _recipe_utils().deploy_problems(loco.deploy) == []
+    mean = _compose(["deploy.num_candidates=16", "deploy.selection=mean"])
+    assert _recipe_utils().deploy_problems(mean.deploy) == []
+    best = _compose(["deploy.num_candidates=16", "deploy.selection=best"])
+    assert _recipe_utils().deploy_problems(best.deploy) == [
+        "deploy.selection='best': use argmax_q, softmax_q, mean or first"
+    ]
 
 
 def test_command_line_overrides():

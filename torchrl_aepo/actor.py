@@ -38,7 +38,8 @@ from torchrl_aepo.nets import ActionGradientContextNetwork, SamplingContextNetwo
 
 __all__ = ["AEPOActor", "ActorCheckpointError"]
 
-SELECTION_RULES = ("first", "argmax_q", "softmax_q")
+SELECTION_RULES = ("first", "argmax_q", "softmax_q", "mean")
+_Q_SELECTION_RULES = ("argmax_q", "softmax_q")
 _CHECKPOINT_FORMAT = "torchrl_aepo.AEPOActor/2"
 _SOLVER_ARGS = (
     "algorithm",
@@ -227,6 +228,8 @@ class _GuidedSampler(nn.Module):
             action = _compiled_denoise(self.compile_options)(self, obs, x_T, guidance)
         if k == 1:
             return action
+        if self.selection == "mean":
+            return action.view(num_obs, k, self.action_dim).mean(dim=1)
         return self._select(obs, action.view(num_obs, k, self.action_dim), generator)
 
     def denoise(self, obs: Tensor, x_T: Tensor, guidance: float | Tensor | None) -> Tensor:
@@ -312,8 +315,11 @@ class AEPOActor(SafeModule):
     ``[*B, K]`` samples are drawn in one batch (clipped first, when ``clip_actions``), and one
     per observation is kept with the critic ``Q = min`` over the heads of ``qvalue_network``:
     ``"argmax_q"`` takes the best candidate, ``"softmax_q"`` draws one with probabilities
-    ``softmax(Q / selection_temperature)``. ``"first"`` (the default, and AEPO/QGPO's protocol)
-    needs ``K = 1``.
+    ``softmax(Q / selection_temperature)``. ``"mean"`` needs no critic: it returns the average
+    of the ``K`` (clipped) candidates, a Monte-Carlo estimate of the policy's mean action (for a
+    Gaussian policy ``N(m, S)`` an unbiased estimate of ``m`` with covariance ``S / K``; for a
+    multimodal one it lies between the modes). ``"first"`` (the default, and AEPO/QGPO's
+    protocol) needs ``K = 1``.
 
     Exploration semantics: under ``ExplorationType.RANDOM`` (and when no exploration type is
     set, as in a bare ``env.rollout``) the latent noise and the ``softmax_q`` draw come from the
@@ -353,7 +359,8 @@ class AEPOActor(SafeModule):
         schedule: the noise schedule, used for ``sigma_t``; must equal ``solver.schedule``.
             Defaults to the solver's schedule, or ``VPSchedule()``.
         num_candidates: ``K``, samples per observation. Defaults to ``1``.
-        selection: ``"first"``, ``"argmax_q"`` or ``"softmax_q"``. Defaults to ``"first"``.
+        selection: ``"first"``, ``"argmax_q"``, ``"softmax_q"`` or ``"mean"``. Defaults to
+            ``"first"``.
         qvalue_network: critic ``(observation [N, s], action [N, d]) -> [N, H]`` (e.g.
             :class:`~torchrl_aepo.TwinQNetwork`), needed by the Q-based rules.
         selection_temperature: temperature of ``"softmax_q"``. Defaults to ``1.0``.
@@ -458,9 +465,9 @@ class AEPOActor(SafeModule):
         if selection == "first" and num_candidates > 1:
             raise ValueError(
                 f"selection='first' keeps one sample, so num_candidates={num_candidates} would "
-                "waste samples; use num_candidates=1 or selection='argmax_q'/'softmax_q'."
+                "waste samples; use num_candidates=1 or selection='argmax_q'/'softmax_q'/'mean'."
             )
-        if selection != "first" and qvalue_network is None:
+        if selection in _Q_SELECTION_RULES and qvalue_network is None:
             raise ValueError(f"selection={selection!r} needs a qvalue_network (a critic).")
         if not selection_temperature > 0:
             raise ValueError(f"selection_temperature must be > 0, got {selection_temperature}.")

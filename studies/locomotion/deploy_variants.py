@@ -5,8 +5,9 @@
 
 Each variant sets the guidance degree ``w``, the latent scale ``tau``
 (:class:`~torchrl_aepo.AEPOActor` ``latent_scale``), the number of candidates ``K`` and their
-selection ``sel`` (``argmax_q`` when ``K > 1`` unless given; ``T`` is ``softmax_q``'s
-temperature) of the run's ``actor.pt``; the target critic of the run picks among candidates.
+selection ``sel`` (``argmax_q`` when ``K > 1`` unless given, or ``softmax_q`` / ``mean``;
+``T`` is ``softmax_q``'s temperature) of the run's ``actor.pt``; the target critic of the run
+picks among candidates (``mean`` averages them).
 Every variant is scored on the recipe's evaluation episodes (env seeds 12345.., the run's
 ``eval.episodes``), so this is a sweep: choosing among its rows is choosing on evaluation
 episodes. ``--out FILE`` writes the rows as JSON. ``recipes/aepo_offline.py run_dir=...
@@ -52,7 +53,7 @@ def build_variant(run_dir: Path, critic: torch.nn.Module, variant: dict[str, Any
     selection = variant.get("sel", "first" if k == 1 else "argmax_q")
     return AEPOActor.from_checkpoint(
         run_dir / "actor.pt",
-        qvalue_network=critic if selection != "first" else None,
+        qvalue_network=critic if selection in ("argmax_q", "softmax_q") else None,
         num_candidates=k,
         selection=selection,
         selection_temperature=float(variant.get("T", 1.0)),

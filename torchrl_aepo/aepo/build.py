@@ -302,7 +302,7 @@ def build_actor(
 
     Args:
         nets / losses / aepo: as trained; the target critic picks among candidates when
-            ``aepo.selection`` is not ``"first"``.
+            ``aepo.selection`` is ``"argmax_q"`` or ``"softmax_q"``.
         action_low / action_high: the policy's action box (``[-1, 1]`` when the data's
             actions were scaled to it).
         guidance: overrides ``aepo.guidance``.
@@ -318,7 +318,8 @@ def build_actor(
     low = torch.as_tensor(action_low, dtype=torch.float32).expand(d).clone()
     high = torch.as_tensor(action_high, dtype=torch.float32).expand(d).clone()
     solver = DPMSolver(losses.diffusion.schedule, **dataclasses.asdict(aepo.solver))
-    qvalue = losses.critic.target_qvalue_network() if aepo.selection != "first" else None
+    picks_by_q = aepo.selection in ("argmax_q", "softmax_q")
+    qvalue = losses.critic.target_qvalue_network() if picks_by_q else None
     return AEPOActor(
         nets.behaviour,
         nets.energy,

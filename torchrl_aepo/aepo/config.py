@@ -200,7 +200,8 @@ class AEPOConfig(_Config):
             (:class:`~torchrl_aepo.AEPOActor`): ``1`` (default) samples the policy itself,
             ``0`` its deterministic image of the zero latent (a Gaussian policy's mean).
         num_candidates / selection: ``K`` actions per state and how one is picked
-            (``"first"``, ``"argmax_q"``, ``"softmax_q"``).
+            (``"first"``, ``"argmax_q"``, ``"softmax_q"``, ``"mean"``: the average of the
+            ``K`` samples, no critic).
         solver: the sampler.
         critic: ``"expectile"`` (IQL, Eq. 27, the paper's), ``"isql"`` (QGPO's in-support
             softmax Q-learning) or ``"cql"`` (conservative Q-learning): the Figure-1 ablations.
@@ -243,7 +244,7 @@ class AEPOConfig(_Config):
     rescale: bool = True
     latent_scale: float = 1.0
     num_candidates: int = 1
-    selection: Literal["first", "argmax_q", "softmax_q"] = "first"
+    selection: Literal["first", "argmax_q", "softmax_q", "mean"] = "first"
     solver: SolverConfig = field(default_factory=SolverConfig)
     critic: Literal["expectile", "isql", "cql"] = "expectile"
     energy: Literal["analytic", "mse", "dps", "cep", "log_mean_exp", "support_posterior"] = (
@@ -347,8 +348,10 @@ class AEPOConfig(_Config):
             out.append(f"{prefix}latent_scale={scale!r}: must be a number >= 0")
         if not isinstance(self.num_candidates, int) or self.num_candidates < 1:
             out.append(f"{prefix}num_candidates={self.num_candidates!r}: must be >= 1")
-        if self.selection not in ("first", "argmax_q", "softmax_q"):
-            out.append(f"{prefix}selection={self.selection!r}: use first, argmax_q or softmax_q")
+        if self.selection not in ("first", "argmax_q", "softmax_q", "mean"):
+            out.append(
+                f"{prefix}selection={self.selection!r}: use first, argmax_q, softmax_q or mean"
+            )
         return out + self.solver.problems(f"{prefix}solver.")
 
 
