@@ -30,3 +30,5 @@ def test_build_variant_sets_the_sampling_settings(tmp_path):
     picked = build_variant(tmp_path, critic, {"K": 4})
     assert picked.config()["num_candidates"] == 4 and picked.config()["selection"] == "argmax_q"
     assert picked.qvalue_network is critic and picked.latent_scale == 1.0
+    averaged = build_variant(tmp_path, critic, {"K": 4, "sel": "mean"})
+    assert averaged.config()["selection"] == "mean" and averaged.qvalue_network is None
