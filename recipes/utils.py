@@ -43,6 +43,7 @@ def algorithm_config(cfg: DictConfig) -> tuple[ModelConfig, AEPOConfig, TrainCon
     problems = config_problems(*groups) + eval_problems(cfg.eval) + deploy_problems(cfg.deploy)
     problems += num_seeds_problems(cfg, groups[2].num_seeds)
     problems += overlap_run_problems(cfg, groups[2].overlap_stages)
+    problems += torchrun_batch_problems(cfg)
     if problems:
         raise RecipeError(
             f"{len(problems)} invalid setting(s), nothing was run:\n  " + "\n  ".join(problems)
@@ -77,6 +78,23 @@ def overlap_run_problems(cfg: DictConfig, overlap_stages: Any) -> list[str]:
         "the ranks train every stage together; run one process, or use "
         "train.overlap_stages=false"
     ]
+
+
+def torchrun_batch_problems(cfg: DictConfig) -> list[str]:
+    """Under ``torchrun`` every rank trains on an equal slice of each stage's global batch, so
+    the batch sizes must be multiples of ``WORLD_SIZE``. With ``eval_only`` nothing is trained."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or cfg.get("eval_only"):
+        return []
+    out = []
+    for stage in ("diffusion", "critic", "energy"):
+        size = cfg.train[stage].get("batch_size")
+        if isinstance(size, int) and size > 0 and size % world:
+            out.append(
+                f"train.{stage}.batch_size={size} with torchrun (WORLD_SIZE={world}): not "
+                f"divisible by the {world} ranks; use a multiple of {world}"
+            )
+    return out
 
 
 def eval_problems(eval_cfg: DictConfig) -> list[str]:

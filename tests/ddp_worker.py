@@ -1,6 +1,6 @@
 """One training run of a tiny AEPO plan, launched by tests/test_distributed.py either as a
-single process or under ``torchrun`` (gloo, CPU). Writes ``<out>.rank<r>.pt``: the parameters
-and last gradients of every network, and how many scalars reached this rank's logger."""
+single process or under ``torchrun`` (gloo, CPU). Writes ``<out>.rank<r>.pt``: the initial and final
+parameters and last gradients of every network, and how many scalars reached this rank's logger."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def _buffer() -> TensorDictReplayBuffer:
     return rb
 
 
+def _params(modules: dict) -> dict:
+    return {
+        f"{m}.{k}": p.detach().clone()
+        for m, mod in modules.items()
+        for k, p in mod.named_parameters()
+    }
+
+
 class _Logger:
     def __init__(self) -> None:
         self.calls = 0
@@ -74,6 +82,8 @@ def main() -> None:
     aepo = AEPOConfig()
     train = TrainConfig.budget(steps=args.steps, batch_size=args.batch_size, adam="loop")
     nets = build_networks(model, OBS, ACT)
+    modules = {"noise": nets.noise, "q": nets.qvalue, "v": nets.value, "energy": nets.energy}
+    initial = _params(modules)
     losses = build_losses(nets, aepo, train)
     rb = _buffer()
     plan = build_training_plan(nets, losses, rb[:], aepo=aepo, train=train)
@@ -104,12 +114,9 @@ def main() -> None:
         trainer.train()
     except KeyboardInterrupt:
         killed = True
-    modules = {"noise": nets.noise, "q": nets.qvalue, "v": nets.value, "energy": nets.energy}
     out = {
-        "params": {
-            f"{m}.{k}": p.detach().clone() for m, mod in modules.items()
-            for k, p in mod.named_parameters()
-        },
+        "initial_params": initial,
+        "params": _params(modules),
         "grads": {
             f"{m}.{k}": p.grad.detach().clone() for m, mod in modules.items()
             for k, p in mod.named_parameters() if p.grad is not None

@@ -55,20 +55,37 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
         _assert_same(r["params"], single["params"], rtol=1e-5, atol=1e-6)
         _assert_same(r["grads"], single["grads"], rtol=1e-4, atol=1e-6)
     # and the parameters actually moved (the comparison is not between two initialisations)
-    (init,) = _run(tmp_path / "init", "--stages", "critic", "--steps", "0")
-    moved = [k for k in init["params"] if k.startswith("q.")]
-    assert any(not torch.equal(init["params"][k], single["params"][k]) for k in moved)
+    moved = [k for k in single["params"] if k.startswith("q.")]
+    assert any(not torch.equal(single["initial_params"][k], single["params"][k]) for k in moved)
 
 
-def test_batch_not_divisible_by_the_ranks_is_a_clear_error(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         WORKER, "--out", str(tmp_path / "x"), "--batch-size", "63"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode != 0
-    assert "batch_size=63 is not divisible by the 2 ranks" in proc.stdout + proc.stderr
+def test_batch_not_divisible_by_the_ranks_is_refused_before_training(monkeypatch):
+    # In process: the trainer of a 2-rank group refuses the uneven stages when it is built,
+    # and the recipe under torchrun (WORLD_SIZE=2) refuses the config before any work.
+    from hydra import compose, initialize_config_dir
+
+    from torchrl_aepo import distributed
+    from torchrl_aepo.trainer import OfflineTrainer, Stage
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    stages = [Stage(name, 1, lambda b, i: {}, dict, batch_size=size)
+              for name, size in (("critic", 64), ("diffusion", 63), ("gamma", None))]  # fmt: skip
+    with pytest.raises(ValueError, match=r"^diffusion: batch_size=63 is not divisible by the 2"):
+        OfflineTrainer(stages, None, run_dir=None, distributed=True, progress_bar=False)
+    OfflineTrainer(stages[:1], None, run_dir=None, distributed=True, progress_bar=False)
+
+    from recipes import utils as recipe_utils
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="config", overrides=["train.energy.batch_size=63"])
+    assert recipe_utils.torchrun_batch_problems(cfg) == []  # one process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert recipe_utils.torchrun_batch_problems(cfg) == [
+        "train.energy.batch_size=63 with torchrun (WORLD_SIZE=2): not divisible by the 2 ranks; "
+        "use a multiple of 2"
+    ]
+    with pytest.raises(recipe_utils.RecipeError, match=r"train\.energy\.batch_size=63"):
+        recipe_utils.algorithm_config(cfg)
 
 
 def test_ranks_stay_in_sync_rank0_writes_and_a_killed_run_resumes_exactly(tmp_path):

@@ -379,6 +379,18 @@ class OfflineTrainer:
         self._restore_only = False
         self.distributed = is_distributed() if distributed is None else bool(distributed)
         self.rank = _dist.rank() if self.distributed else 0
+        if self.distributed:  # each rank trains on its equal slice of the global batch
+            world = _dist.world_size()
+            uneven = [
+                f"{s.name}: batch_size={s.batch_size}"
+                for s in self.stages
+                if s.batch_size is not None and s.batch_size % world
+            ]
+            if uneven:
+                raise ValueError(
+                    f"{', '.join(uneven)} is not divisible by the {world} ranks of the process "
+                    f"group; use a multiple of {world}."
+                )
         #: base of the per-rank, per-step seeds of a distributed run (equal on every rank)
         self._step_seed_base = torch.initial_seed() % (2**31)
         if self.rank != 0:  # rank 0 alone logs
