@@ -55,3 +55,46 @@ def test_compare_rows_and_the_step_change_within_episodes():
     assert rows["iql"]["step_change"] == 1.0 and rows["other"]["step_change"] == 0.0
     assert rows["other"]["saturated"] == 0.75
     assert "step_change" not in compare(obs, {"iql": iql}, critics)["iql"]
+
+
+class _ZeroPolicy:
+    def act(self, obs):
+        return torch.zeros(obs.shape[0], 3)
+
+
+def test_continuation_returns_restart_the_simulator_at_each_state():
+    import gymnasium as gym
+    import numpy as np
+
+    from studies.locomotion.iql_actions import closed_loop_returns, continuation_returns
+
+    env = gym.make("Hopper-v5")
+    obs, _ = env.reset(seed=3)
+    states = []
+    for _ in range(3):
+        states.append(obs)
+        obs, *_ = env.step(env.action_space.sample() * 0.1)
+    obs_t = torch.as_tensor(np.array(states), dtype=torch.float32)
+    zeros, push = torch.zeros(3, 3), torch.full((3, 3), 0.5)
+    rows = continuation_returns(
+        _ZeroPolicy(), "Hopper-v5", obs_t, {"iql": zeros, "same": zeros, "push": push}, horizon=4
+    )
+    assert rows["same"]["minus_iql"] == 0.0 and rows["same"]["minus_iql_se"] == 0.0
+    assert rows["push"]["minus_iql"] != 0.0
+    # by hand, from the second state: the pushed action, then three zero actions
+    sim = env.unwrapped
+    env.reset(seed=0)
+    s = obs_t[1].double().numpy()
+    sim.set_state(np.concatenate([[0.0], s[:5]]), s[5:])
+    total = 0.0
+    for i, a in enumerate([push[1].numpy()] + [np.zeros(3)] * 3):
+        _, reward, terminated, *_ = env.step(a)
+        total += 0.99**i * reward
+        if terminated:
+            break
+    hand = continuation_returns(_ZeroPolicy(), "Hopper-v5", obs_t[1:2], {"iql": push[1:2]}, 4)
+    assert abs(hand["iql"]["return"] - total) < 1e-9
+    # a policy followed by itself is its own continuation
+    own = closed_loop_returns("Hopper-v5", obs_t, {"iql": _ZeroPolicy().act}, horizon=4)
+    assert own["iql"]["return"] == rows["iql"]["return"]
+    env.close()

@@ -15,7 +15,10 @@ On each, the actions of IQL's policy (its mode), of the AEPO run's actor from th
 at each ``--guidance`` degree and, with ``--weighted``, of an advantage-weighted run's actor
 at ``w = 0``: the advantage ``min_k Q_k - V`` under each run's critic, the distance to IQL's
 action, the share of saturated entries (``|a| > 0.99``) and, along IQL's trajectory, how much
-each policy's action changes from one state to the next. So it separates a critic that
+each policy's action changes from one state to the next. With ``--rollouts N``, on the first
+``N`` dataset states, each action's Monte-Carlo value when IQL's policy takes over after it
+(:func:`continuation_returns`: what the critics estimate, measured), and each policy's own
+return from those states (:func:`closed_loop_returns`). So it separates a critic that
 does not prefer IQL's actions from a sampler that does not reach them.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +120,116 @@ def compare(
     return out
 
 
+@torch.no_grad()
+def rollout_returns(
+    env_id: str,
+    obs: torch.Tensor,
+    first_action: torch.Tensor | None,
+    policy: Callable[[torch.Tensor], torch.Tensor],
+    horizon: int,
+    discount: float = 0.99,
+) -> tuple[np.ndarray, float]:
+    """From each state ``obs[i]`` (one simulator per state, set to it), take ``first_action[i]``
+    (``None``: the policy's action), then follow ``policy`` (``[n, s] -> [n, d]``, called on the
+    batch of states still running) for ``horizon`` steps in all: the discounted sums of the
+    environment's rewards (nothing after a fall) and the share of starts that fell. The state
+    is rebuilt from the observation (``qpos = [0, obs[:nq - 1]]``, ``qvel = obs[nq - 1:]``:
+    MuJoCo locomotion observations leave out the x position, on which the dynamics do not
+    depend); a layout where that does not give the observation back is refused."""
+    import gymnasium as gym
+
+    envs = [gym.make(env_id) for _ in range(len(obs))]
+    states = obs.double().numpy()
+    for env, s in zip(envs, states, strict=True):
+        env.reset(seed=0)
+        sim = env.unwrapped
+        nq = sim.model.nq
+        sim.set_state(np.concatenate([[0.0], s[: nq - 1]]), s[nq - 1 :])
+        if not np.allclose(sim._get_obs(), s, atol=1e-5):
+            raise ValueError(f"{env_id}: the observation does not rebuild the state")
+    returns = np.zeros(len(envs))
+    running = np.ones(len(envs), dtype=bool)
+    current = states.copy()
+    for step in range(horizon):
+        alive = np.flatnonzero(running)
+        if len(alive) == 0:
+            break
+        if step == 0 and first_action is not None:
+            actions = first_action.numpy()
+        else:
+            actions = np.zeros((len(envs), envs[0].action_space.shape[0]))
+            actions[alive] = policy(torch.as_tensor(current[alive], dtype=torch.float32)).numpy()
+        for i in alive:
+            next_obs, reward, terminated, _, _ = envs[i].step(actions[i])
+            returns[i] += discount**step * float(reward)
+            current[i] = next_obs
+            running[i] = not terminated
+    for env in envs:
+        env.close()
+    return returns, float((~running).mean())
+
+
+def _paired_rows(results: dict[str, tuple[np.ndarray, float]]) -> dict[str, dict[str, float]]:
+    """Mean return per row, and its paired difference to the ``"iql"`` row (same states)."""
+    reference = results["iql"][0]
+    rows = {}
+    for name, (returns, falls) in results.items():
+        diff = returns - reference
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        rows[name] = {
+            "return": float(returns.mean()),
+            "minus_iql": float(diff.mean()),
+            "minus_iql_se": se,
+            "falls": falls,
+        }
+    return rows
+
+
+def continuation_returns(
+    iql: Any,
+    env_id: str,
+    obs: torch.Tensor,
+    actions: dict[str, torch.Tensor],
+    horizon: int = 100,
+    discount: float = 0.99,
+) -> dict[str, dict[str, float]]:
+    """Monte-Carlo ``Q^IQL(s, a)``: from each state, each set's action, then IQL's
+    deterministic policy (:func:`rollout_returns`). Per action set: the mean discounted return,
+    its mean difference to IQL's own action from the same states with the standard error of
+    that paired difference, and the share of starts that fall within the horizon."""
+    return _paired_rows(
+        {
+            name: rollout_returns(env_id, obs, a, iql.act, horizon, discount)
+            for name, a in actions.items()
+        }
+    )
+
+
+def closed_loop_returns(
+    env_id: str,
+    obs: torch.Tensor,
+    policies: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    horizon: int = 100,
+    discount: float = 0.99,
+) -> dict[str, dict[str, float]]:
+    """Each policy followed by itself from the same states (``"iql"`` among them, the
+    reference of the paired differences): Monte-Carlo ``V^pi(s)`` over ``horizon`` steps."""
+    return _paired_rows(
+        {
+            name: rollout_returns(env_id, obs, None, policy, horizon, discount)
+            for name, policy in policies.items()
+        }
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("aepo_run", type=Path)
     parser.add_argument("iql_run", type=Path)
     parser.add_argument("--guidance", type=float, nargs="+", default=[0.0])
     parser.add_argument("--weighted", type=Path)
+    parser.add_argument("--rollouts", type=int, default=0, help="dataset states for the MC check")
+    parser.add_argument("--horizon", type=int, default=100)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -159,6 +267,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             actions["dataset"] = dataset_action
         actions |= {label: _aepo_actions(actor, obs) for label, actor in actors.items()}
         result[name] = {"states": len(obs), **compare(obs, actions, critics, episodes)}
+        if name == "dataset" and args.rollouts > 0:
+            n = args.rollouts
+            first = {k: a[:n] for k, a in actions.items()}
+            result["continuation"] = {
+                "states": n,
+                "horizon": args.horizon,
+                **continuation_returns(iql, env_id, obs[:n], first, args.horizon),
+            }
+            policies = {"iql": iql.act} | {
+                label: (lambda o, actor=actor: _aepo_actions(actor, o))
+                for label, actor in actors.items()
+            }
+            result["closed_loop"] = {
+                "states": n,
+                "horizon": args.horizon,
+                **closed_loop_returns(env_id, obs[:n], policies, args.horizon),
+            }
     print(json.dumps(result, indent=1))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
