@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from tensordict import TensorDict
+from tensordict.nn import TensorDictModuleBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from studies.locomotion.runs import load_trained_run
@@ -53,6 +54,7 @@ class IQLRun:
         )  # fmt: skip
         state = torch.load(run_dir / "checkpoints" / "iql.pt", map_location="cpu")
         self.loss.load_state_dict(state["state"]["loss"])
+        self.temperature = float(config["temperature"])
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
@@ -72,7 +74,8 @@ class IQLRun:
         return (torch.cat(heads, -1).amin(-1) - value.squeeze(-1)).flatten()
 
 
-def _aepo_actions(actor: AEPOActor, obs: torch.Tensor) -> torch.Tensor:
+def actions_of(actor: TensorDictModuleBase, obs: torch.Tensor) -> torch.Tensor:
+    """The ``"action"`` a TensorDict policy writes for the ``[n, s]`` observations ``obs``."""
     return actor(TensorDict(observation=obs, batch_size=obs.shape[:1]))["action"]
 
 
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         actions = {"iql": iql.act(obs)}
         if dataset_action is not None:
             actions["dataset"] = dataset_action
-        actions |= {label: _aepo_actions(actor, obs) for label, actor in actors.items()}
+        actions |= {label: actions_of(actor, obs) for label, actor in actors.items()}
         result[name] = {"states": len(obs), **compare(obs, actions, critics, episodes)}
         if name == "dataset" and args.rollouts > 0:
             n = args.rollouts
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 **continuation_returns(iql, env_id, obs[:n], first, args.horizon),
             }
             policies = {"iql": iql.act} | {
-                label: (lambda o, actor=actor: _aepo_actions(actor, o))
+                label: (lambda o, actor=actor: actions_of(actor, o))
                 for label, actor in actors.items()
             }
             result["closed_loop"] = {
