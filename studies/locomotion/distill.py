@@ -9,7 +9,8 @@ both critics and by Monte-Carlo continuations) while its closed-loop returns fal
 the errors compound along the policy's own trajectory. IQL's actor is a small MLP fitted by
 regression; AEPO's is a guided diffusion sampler. This study separates the two: for each
 ``--guidance`` degree it fits an MLP (``obs -> tanh``, 2 x 256, MSE, Adam) to the run's
-zero-latent sampler on ``--states`` dataset states (the distilled policy sees no environment
+zero-latent sampler on ``--states`` dataset states (drawn at random, or every transition when
+``--states`` is at least the dataset's size; the distilled policy sees no environment
 step) and compares, from the same ``--rollouts`` dataset states as
 ``studies.locomotion.iql_actions`` (the simulator set to each), the closed-loop returns of
 the sampler, of its distillate and, with ``--iql``, of IQL's policy (the paired reference).
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("aepo_run", type=Path)
     parser.add_argument("--guidance", type=float, nargs="*", default=[0.0])
     parser.add_argument("--iql", type=Path, help="an IQL run on the same data: the reference")
-    parser.add_argument("--states", type=int, default=50_000)
+    parser.add_argument(
+        "--states", type=int, default=50_000, help="drawn at random; all when >= the dataset's"
+    )
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--rollouts", type=int, default=256)
     parser.add_argument("--horizon", type=int, default=200)
@@ -112,7 +115,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     observations, n = data["observation"], len(data)
     # the MC start states of studies.locomotion.iql_actions; the training states drawn apart
     starts = torch.randint(0, n, (1024,), generator=torch.Generator().manual_seed(0))
-    train = torch.randint(0, n, (args.states,), generator=torch.Generator().manual_seed(1))
+    if args.states >= n:  # every transition once
+        train = torch.arange(n)
+    else:
+        train = torch.randint(0, n, (args.states,), generator=torch.Generator().manual_seed(1))
     env_id = get_task(run.config["task"]["name"]).eval_env_id
 
     policies: dict[str, Any] = {}
