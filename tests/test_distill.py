@@ -45,3 +45,13 @@ def test_weighted_distill_fits_the_weighted_conditional_mean():
     torch.testing.assert_close(action, torch.full_like(action, 0.25), atol=0.03, rtol=0)
     with pytest.raises(ValueError, match="weights must be"):
         distill(obs, actions, steps=1, weights=-weights)
+
+
+@pytest.mark.parametrize("extra", [[], ["--rollouts", "0", "--awr", "iql"]])
+def test_main_needs_the_iql_run_before_loading_anything(extra, capsys):
+    from studies.locomotion.distill import main
+
+    # the run directory does not exist: the refusal comes before any loading
+    with pytest.raises(SystemExit):
+        main(["/nonexistent/run", *extra])
+    assert "give --iql IQL_RUN" in capsys.readouterr().err

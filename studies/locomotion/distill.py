@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -110,6 +109,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--episodes", action="store_true", help="also the recipe's eval episodes")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.iql is None and (args.rollouts > 0 or "iql" in args.awr):
+        parser.error(
+            "--rollouts compares to IQL's policy and --awr iql weights by IQL's critic: "
+            "give --iql IQL_RUN"
+        )
     run = load_trained_run(args.aepo_run)
     data = run.replay_buffer[:]
     observations, n = data["observation"], len(data)
@@ -151,23 +155,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # the dataset's own actions; is the critic or the sampler behind the closed-loop gap?
         start = time.perf_counter()
         if critic_name == "aepo":
-            beta = run.aepo.beta
-            qvalue = run.losses.critic.target_qvalue_network()
-            weights = advantage_weights(qvalue, run.nets.value, data[train], beta=beta)
+            beta, qvalue, value = (
+                run.aepo.beta,
+                run.losses.critic.target_qvalue_network(),
+                run.nets.value,
+            )
         else:
-            if args.iql is None:
-                raise ValueError("--awr iql weights by IQL's critic: give --iql IQL_RUN")
-            beta = iql.temperature
-            advantage = iql.advantage(observations[train], data["action"][train])
-            weights = torch.exp((beta * advantage).clamp(max=math.log(100.0))).clamp(max=100.0)
+            beta, qvalue, value = iql.temperature, iql.qvalue, iql.value
+        weights = advantage_weights(qvalue, value, data[train], beta=beta)
         student = distill(observations[train], data["action"][train], steps=args.steps,
                           weights=weights)  # fmt: skip
         fits[f"awr {critic_name}"] = {"fit_s": time.perf_counter() - start, "beta": beta}
         policies[f"distilled awr {critic_name}"] = lambda o, s=student: actions_of(s, o)
     result["fits"] = fits
     if args.rollouts > 0:
-        if "iql" not in policies:
-            raise ValueError("--rollouts compares to IQL's policy: give --iql IQL_RUN")
         result["closed_loop"] = {
             "states": args.rollouts,
             "horizon": args.horizon,

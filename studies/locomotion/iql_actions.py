@@ -62,16 +62,26 @@ class IQLRun:
             return self.actor(TensorDict(observation=obs, batch_size=obs.shape[:1]))["action"]
 
     @torch.no_grad()
-    def advantage(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """``min_k Q_k(s, a) - V(s)`` of the IQL critic (its target Q heads)."""
+    def qvalue(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The target twin Q heads, ``[n, 2]`` (the ``(obs, action) -> [n, K]`` form of
+        :func:`~torchrl_aepo.aepo.weighting.advantage_weights`)."""
         td = TensorDict(observation=obs, action=action, batch_size=obs.shape[:1])
         heads = []
         for params in self.loss.target_qvalue_network_params.unbind(0):
             with params.to_module(self.loss.qvalue_network):
                 heads.append(self.loss.qvalue_network(td.clone())["state_action_value"])
+        return torch.cat(heads, -1)
+
+    @torch.no_grad()
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """``V(s)``, ``[n, 1]``."""
+        td = TensorDict(observation=obs, batch_size=obs.shape[:1])
         with self.loss.value_network_params.to_module(self.loss.value_network):
-            value = self.loss.value_network(td.clone())["state_value"]
-        return (torch.cat(heads, -1).amin(-1) - value.squeeze(-1)).flatten()
+            return self.loss.value_network(td)["state_value"]
+
+    def advantage(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``min_k Q_k(s, a) - V(s)`` of the IQL critic (its target Q heads)."""
+        return (self.qvalue(obs, action).amin(-1) - self.value(obs).squeeze(-1)).flatten()
 
 
 def actions_of(actor: TensorDictModuleBase, obs: torch.Tensor) -> torch.Tensor:
