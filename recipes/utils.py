@@ -197,7 +197,8 @@ ABLATION_KEYS = ("critic", "energy", "energy_max_target", "num_support", "isql_b
 #: with: hashed only off it, so that those runs keep resuming (``init_from`` reusing them)
 #: when that value is given (e.g. ``aepo.variance_weight=1``).
 LATER_TRAINING_DEFAULTS = {"variance_weight": 1.0, "energy_max_target": None,
-                           "behaviour_weighting": "none", "behaviour_weight_clip": 100.0}  # fmt: skip
+                           "behaviour_weighting": "none", "behaviour_weight_clip": 100.0,
+                           "behaviour_weight_sampling": "loss"}  # fmt: skip
 #: ``train`` keys added after runs existed, hashed only off these defaults (as above).
 #: ``overlap_stages`` is an execution setting but, unlike the ``untrained`` keys of
 #: :func:`training_config` (intervals, ``eval_mode``, ``stop_after_stage``), it changes the

@@ -122,3 +122,46 @@ def test_weighting_refused_where_the_critic_cannot_come_first():
     bad = AEPOConfig(behaviour_weighting="awr", behaviour_weight_clip=0.0)
     assert {p.split("=")[0] for p in bad.problems()} >= {"aepo.behaviour_weighting",
                                                          "aepo.behaviour_weight_clip"}  # fmt: skip
+
+
+def test_resampled_batches_follow_the_weights_and_carry_no_weight(data_root, tmp_path):
+    rb, meta = make_offline_data(TASK, root=data_root, normalize_actions=True, seed=0)
+    resample = AEPOConfig(beta=2.0, behaviour_weighting="advantage",
+                          behaviour_weight_sampling="resample")  # fmt: skip
+    assert resample.problems() == []
+    train = TrainConfig.budget(steps=3, batch_size=16)
+    nets = build_networks(ModelConfig.small(), meta.obs_dim, meta.action_dim)
+    losses = build_losses(nets, resample, train)
+    dataset = rb[:]
+    plan = build_training_plan(nets, losses, dataset, aepo=resample, train=train)
+    # known weights: three transitions in proportion 1 : 2 : 5, every other one 0
+    weights = torch.zeros(len(dataset))
+    weights[[3, 10, 42]] = torch.tensor([1.0, 2.0, 5.0])
+    plan.behaviour_weights = weights
+    torch.manual_seed(0)
+    drawn = []
+    for _ in range(100):
+        batch = plan._weigh(dataset[:80])
+        assert "diffusion_weight" not in batch.keys()
+        torch.testing.assert_close(batch["observation"], dataset["observation"][batch["index"]])
+        drawn.append(batch["index"])
+    index = torch.cat(drawn)
+    assert set(index.tolist()) == {3, 10, 42}
+    share = torch.stack([(index == i).float().mean() for i in (3, 10, 42)])
+    # 8000 draws: each share within 4 standard errors of 1/8, 2/8, 5/8
+    expected = torch.tensor([1.0, 2.0, 5.0]) / 8
+    assert bool(((share - expected).abs() < 4 * (expected * (1 - expected) / 8000).sqrt()).all())
+    # a full run: the diffusion loss sees resampled batches without a weight key
+    plan = build_training_plan(nets, losses, dataset, aepo=resample, train=train)
+    seen = []
+    forward = losses.diffusion.forward
+
+    def recording(td):
+        seen.append("diffusion_weight" in td.keys())
+        return forward(td)
+
+    losses.diffusion.forward = recording
+    OfflineTrainer(plan.stages, rb, run_dir=tmp_path, progress_bar=False).train()
+    assert seen == [False, False, False]
+    bad = AEPOConfig(behaviour_weighting="advantage", behaviour_weight_sampling="importance")
+    assert any(p.startswith("aepo.behaviour_weight_sampling=") for p in bad.problems())

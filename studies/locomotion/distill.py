@@ -1,8 +1,8 @@
 """Does AEPO's policy hold up in closed loop when a plain MLP carries it?
 
     python -m studies.locomotion.distill AEPO_RUN [--guidance 0 0.5] [--iql IQL_RUN] \\
-        [--states 50000] [--steps 20000] [--rollouts 256 --horizon 200] [--episodes] \\
-        [--out FILE.json]
+        [--awr aepo iql] [--bc] [--states 50000] [--steps 20000] \\
+        [--rollouts 256 --horizon 200] [--episodes] [--out FILE.json]
 
 Section 8 of ``docs/locomotion.md`` found AEPO's single actions as good as IQL's (rated so by
 both critics and by Monte-Carlo continuations) while its closed-loop returns fall far below:
@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         choices=["aepo", "iql"],
         help="also fit the dataset's actions weighted by this critic's exp(beta A) (IQL's actor)",
     )
+    parser.add_argument(
+        "--bc", action="store_true", help="also fit the dataset's actions unweighted (MLP BC)"
+    )
     parser.add_argument("--episodes", action="store_true", help="also the recipe's eval episodes")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -167,6 +170,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           weights=weights)  # fmt: skip
         fits[f"awr {critic_name}"] = {"fit_s": time.perf_counter() - start, "beta": beta}
         policies[f"distilled awr {critic_name}"] = lambda o, s=student: actions_of(s, o)
+    if args.bc:  # the same MLP and fit on the dataset's actions, every pair weighted alike
+        start = time.perf_counter()
+        student = distill(observations[train], data["action"][train], steps=args.steps)
+        fits["bc"] = {"fit_s": time.perf_counter() - start}
+        policies["mlp bc"] = lambda o, s=student: actions_of(s, o)
     result["fits"] = fits
     if args.rollouts > 0:
         result["closed_loop"] = {

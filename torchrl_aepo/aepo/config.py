@@ -221,6 +221,12 @@ class AEPOConfig(_Config):
             ``mu exp((1 + w) beta Q)``. Only with ``critic="expectile"`` (the other critics
             read the behaviour model) and the staged plan.
         behaviour_weight_clip: the largest weight (IQL's 100).
+        behaviour_weight_sampling: how the weights enter the diffusion stage: ``"loss"``
+            (default) multiplies each transition's denoising loss by its weight; ``"resample"``
+            draws the stage's batches with probability proportional to the weights (unit
+            weights in the loss). Both have the same minimiser; resampling spends every
+            update on the transitions the target favours (lower gradient variance when a few
+            transitions carry most of the weight).
         num_support: ``K`` behaviour-model support actions per state (``isql``/``cql`` at
             ``s'``, ``cql``/``cep`` at ``s``), generated once after the diffusion stage.
         isql_beta: ``beta_Q`` of the ISQL softmax backup (QGPO: 1).
@@ -253,6 +259,7 @@ class AEPOConfig(_Config):
     energy_max_target: float | None = None
     behaviour_weighting: Literal["none", "advantage"] = "none"
     behaviour_weight_clip: float = 100.0
+    behaviour_weight_sampling: Literal["loss", "resample"] = "loss"
     num_support: int = 16
     isql_beta: float = 1.0
     cql_alpha: float = 1.0
@@ -298,6 +305,11 @@ class AEPOConfig(_Config):
                 "the weighted behaviour model is trained after the critic, and this critic "
                 f"reads the behaviour model's actions; use {prefix}critic=expectile or "
                 f"{prefix}behaviour_weighting=none"
+            )
+        if self.behaviour_weight_sampling not in ("loss", "resample"):
+            out.append(
+                f"{prefix}behaviour_weight_sampling={self.behaviour_weight_sampling!r}: use loss "
+                "or resample"
             )
         clip = self.behaviour_weight_clip
         if isinstance(clip, bool) or not (

@@ -104,6 +104,7 @@ class TrainingPlan:
         #: ``aepo.behaviour_weighting="advantage"``: the dataset's advantage weights ``[N]``,
         #: computed from the trained critic when the diffusion stage first needs them.
         self.behaviour_weights: Tensor | None = None
+        self._weight_cdf: Tensor | None = None  # behaviour_weight_sampling="resample"
         if train.plan == "joint" and (
             aepo.critic != "expectile"
             or aepo.energy != "analytic"
@@ -148,7 +149,8 @@ class TrainingPlan:
                              "aepo.cql_num_random", "aepo.cql_temperature")  # fmt: skip
     #: With ``aepo.behaviour_weighting="advantage"`` the behaviour model (and every stage
     #: that reads it) also depends on the critic's settings and the weights'.
-    _WEIGHTING_KEYS = ("aepo.behaviour_weighting", "aepo.behaviour_weight_clip", "aepo.beta")
+    _WEIGHTING_KEYS = ("aepo.behaviour_weighting", "aepo.behaviour_weight_clip",
+                       "aepo.behaviour_weight_sampling", "aepo.beta")  # fmt: skip
     STAGE_KEYS = {
         "diffusion": _BEHAVIOUR_KEYS,
         "supports": (*_BEHAVIOUR_KEYS, *_SUPPORT_KEYS),
@@ -344,9 +346,8 @@ class TrainingPlan:
     def _weighted(self) -> bool:
         return self.aepo.behaviour_weighting == "advantage"
 
-    def _weigh(self, batch: TensorDictBase) -> TensorDictBase:
-        """``batch`` with its transitions' advantage weights (by their ``"index"``) under the
-        diffusion loss's ``weight`` key; computed from the trained critic on first use."""
+    def _behaviour_weights(self) -> Tensor:
+        """The dataset's advantage weights ``[N]``, computed from the trained critic on first use."""
         if self.behaviour_weights is None:
             self.behaviour_weights = advantage_weights(
                 self.losses.critic.target_qvalue_network(),
@@ -361,8 +362,24 @@ class TrainingPlan:
                 f"{float((w >= self.aepo.behaviour_weight_clip).float().mean()):.1%} clipped, "
                 f"effective sample share {float(w.sum() ** 2 / w.pow(2).sum() / len(w)):.1%}"
             )
+        return self.behaviour_weights
+
+    def _weigh(self, batch: TensorDictBase) -> TensorDictBase:
+        """``batch`` with its transitions' advantage weights (by their ``"index"``) under the
+        diffusion loss's ``weight`` key (``aepo.behaviour_weight_sampling="loss"``), or, with
+        ``"resample"``, a batch of the same size drawn from the dataset with probability
+        proportional to the weights (by inverse CDF on torch's global generator, which the
+        trainer checkpoints), with their rows under ``"index"`` and no weight key."""
+        weights = self._behaviour_weights()
+        if self.aepo.behaviour_weight_sampling == "resample":
+            if self._weight_cdf is None:
+                cdf = weights.double().cumsum(0)
+                self._weight_cdf = cdf / cdf[-1]
+            uniform = torch.rand(batch.shape[0], dtype=torch.float64, device=weights.device)
+            index = torch.searchsorted(self._weight_cdf, uniform).clamp(max=len(weights) - 1)
+            return self.dataset[index].set("index", index)  # rows, as a replay-buffer sample
         index = _batch_index(batch, "aepo.behaviour_weighting='advantage': the weights are")
-        batch.set(self.losses.diffusion.tensor_keys.weight, self.behaviour_weights[index])
+        batch.set(self.losses.diffusion.tensor_keys.weight, weights[index])
         return batch
 
     def _diffusion_update(self, batch: TensorDictBase, _step: int) -> dict[str, Tensor]:
