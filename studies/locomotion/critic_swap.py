@@ -35,6 +35,7 @@ from torch import Tensor
 
 from studies.locomotion.iql_actions import IQLRun
 from studies.locomotion.runs import load_trained_run, stage_checkpoint
+from torchrl_aepo.atomic import save_torch_atomic
 
 #: Stages that do not read the critic: copied from the AEPO run as they are.
 CRITIC_FREE_STAGES = ("diffusion", "supports", "gamma")
@@ -170,7 +171,7 @@ def swap_critic(aepo_run: Path, iql_run: Path, out: Path) -> dict[str, Any]:
             copied.append(stage)
     critic["state"]["loss"] = swapped
     critic["critic_swapped_from"] = str(iql_run)
-    torch.save(critic, out / "checkpoints" / "critic.pt")
+    save_torch_atomic(critic, out / "checkpoints" / "critic.pt")  # as the trainer writes them
     record = {
         "aepo_run": str(aepo_run),
         "iql_run": str(iql_run),

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from studies.locomotion.distill import distill
+from studies.locomotion.distill import distill, sampler_targets
 from studies.locomotion.iql_actions import IQLRun, actions_of
 from studies.locomotion.runs import load_trained_run
 from torchrl_aepo import AEPOActor
@@ -50,13 +50,9 @@ def fit_errors(prediction: Tensor, action: Tensor, weights: Tensor) -> dict[str,
     }
 
 
-@torch.no_grad()
 def sample_mean(actor: AEPOActor, obs: Tensor, samples: int, chunk: int = 5000) -> Tensor:
     """The mean of ``samples`` actions of ``actor`` per state, ``[n, d]``."""
-    draws = [
-        torch.cat([actions_of(actor, part) for part in obs.split(chunk)]) for _ in range(samples)
-    ]
-    return torch.stack(draws).mean(0)
+    return torch.stack([sampler_targets(actor, obs, chunk) for _ in range(samples)]).mean(0)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -79,13 +75,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     iql = IQLRun(args.iql, first.metadata.obs_dim, first.metadata.action_dim)
     data = first.replay_buffer[:]
     index = torch.randint(0, len(data), (args.states,), generator=torch.Generator().manual_seed(2))
-    subset = data[index]
-    obs, action = subset["observation"], subset["action"]
-    weights = advantage_weights(iql.qvalue, iql.value, subset, beta=iql.temperature)
+    every = advantage_weights(iql.qvalue, iql.value, data, beta=iql.temperature)
+    obs, action, weights = data["observation"][index], data["action"][index], every[index]
     rows: dict[str, Any] = {"iql actor (mode)": fit_errors(iql.act(obs), action, weights)}
     if args.awr_steps > 0:
         start = time.perf_counter()
-        every = advantage_weights(iql.qvalue, iql.value, data, beta=iql.temperature)
         mlp = distill(data["observation"], data["action"], steps=args.awr_steps, weights=every)
         with torch.no_grad():
             rows["mlp, advantage-weighted regression"] = fit_errors(
