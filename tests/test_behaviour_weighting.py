@@ -151,6 +151,9 @@ def test_resampled_batches_follow_the_weights_and_carry_no_weight(data_root, tmp
     # 8000 draws: each share within 4 standard errors of 1/8, 2/8, 5/8
     expected = torch.tensor([1.0, 2.0, 5.0]) / 8
     assert bool(((share - expected).abs() < 4 * (expected * (1 - expected) / 8000).sqrt()).all())
+    # weights replaced after the first draws: the draws follow the new ones
+    plan.behaviour_weights = torch.zeros(len(dataset)).index_fill_(0, torch.tensor([7]), 1.0)
+    assert plan._weigh(dataset[:80])["index"].unique().tolist() == [7]
     # a full run: the diffusion loss sees resampled batches without a weight key
     plan = build_training_plan(nets, losses, dataset, aepo=resample, train=train)
     seen = []

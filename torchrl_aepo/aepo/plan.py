@@ -104,7 +104,8 @@ class TrainingPlan:
         #: ``aepo.behaviour_weighting="advantage"``: the dataset's advantage weights ``[N]``,
         #: computed from the trained critic when the diffusion stage first needs them.
         self.behaviour_weights: Tensor | None = None
-        self._weight_cdf: Tensor | None = None  # behaviour_weight_sampling="resample"
+        # behaviour_weight_sampling="resample": (the weights it was built from, their CDF)
+        self._weight_cdf: tuple[Tensor, Tensor] | None = None
         if train.plan == "joint" and (
             aepo.critic != "expectile"
             or aepo.energy != "analytic"
@@ -372,11 +373,11 @@ class TrainingPlan:
         trainer checkpoints), with their rows under ``"index"`` and no weight key."""
         weights = self._behaviour_weights()
         if self.aepo.behaviour_weight_sampling == "resample":
-            if self._weight_cdf is None:
+            if self._weight_cdf is None or self._weight_cdf[0] is not weights:
                 cdf = weights.double().cumsum(0)
-                self._weight_cdf = cdf / cdf[-1]
+                self._weight_cdf = (weights, cdf / cdf[-1])  # rebuilt if the weights are replaced
             uniform = torch.rand(batch.shape[0], dtype=torch.float64, device=weights.device)
-            index = torch.searchsorted(self._weight_cdf, uniform).clamp(max=len(weights) - 1)
+            index = torch.searchsorted(self._weight_cdf[1], uniform).clamp(max=len(weights) - 1)
             return self.dataset[index].set("index", index)  # rows, as a replay-buffer sample
         index = _batch_index(batch, "aepo.behaviour_weighting='advantage': the weights are")
         batch.set(self.losses.diffusion.tensor_keys.weight, weights[index])
