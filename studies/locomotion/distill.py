@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "fit_s": time.perf_counter() - start - sampled,
             "rmse_on_start_states": float(fit.pow(2).mean().sqrt()),
         }
-        policies[f"aepo w={w:g}"] = lambda o, actor=actor: actions_of(actor, o)
-        policies[f"distilled w={w:g}"] = lambda o, student=student: actions_of(student, o)
+        policies[f"aepo w={w:g}"] = partial(actions_of, actor)
+        policies[f"distilled w={w:g}"] = partial(actions_of, student)
         print(f"w={w:g}: {json.dumps(fits[f'w={w:g}'])}", flush=True)
     for critic_name in args.awr:
         # IQL's actor target from one run's critic: exp(beta A) (clipped at 100) weights on
@@ -169,12 +170,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         student = distill(observations[train], data["action"][train], steps=args.steps,
                           weights=weights)  # fmt: skip
         fits[f"awr {critic_name}"] = {"fit_s": time.perf_counter() - start, "beta": beta}
-        policies[f"distilled awr {critic_name}"] = lambda o, s=student: actions_of(s, o)
+        policies[f"distilled awr {critic_name}"] = partial(actions_of, student)
     if args.bc:  # the same MLP and fit on the dataset's actions, every pair weighted alike
         start = time.perf_counter()
         student = distill(observations[train], data["action"][train], steps=args.steps)
         fits["bc"] = {"fit_s": time.perf_counter() - start}
-        policies["mlp bc"] = lambda o, s=student: actions_of(s, o)
+        policies["mlp bc"] = partial(actions_of, student)
     result["fits"] = fits
     if args.rollouts > 0:
         result["closed_loop"] = {
@@ -199,9 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         kwargs = utils.eval_kwargs(eval_cfg, run.metadata, int(eval_cfg.episodes))
         episodes = {}
         for name, policy in policies.items():
-            module = TensorDictModule(
-                lambda o, policy=policy: policy(o), in_keys=["observation"], out_keys=["action"]
-            )
+            module = TensorDictModule(policy, in_keys=["observation"], out_keys=["action"])
             score = evaluate_policy(module, env, **kwargs)
             episodes[name] = {
                 "normalized_mean": score.normalized_mean,

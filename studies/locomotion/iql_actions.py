@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -289,8 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 **continuation_returns(iql, env_id, obs[:n], first, args.horizon),
             }
             policies = {"iql": iql.act} | {
-                label: (lambda o, actor=actor: actions_of(actor, o))
-                for label, actor in actors.items()
+                label: partial(actions_of, actor) for label, actor in actors.items()
             }
             result["closed_loop"] = {
                 "states": n,
