@@ -209,6 +209,10 @@ LATER_TRAINING_DEFAULTS = {"variance_weight": 1.0, "energy_max_target": None,
 #: finished behaviour model or critic across overlap on/off, as it already ignores which random
 #: stream a finished stage came from.
 LATER_TRAIN_DEFAULTS = {"num_seeds": 1, "overlap_stages": False}
+#: ``train.<stage>`` keys added after runs existed, hashed only off these defaults: a stage's own
+#: ``lr_schedule`` (``null``: ``train.lr_schedule``) changes only that stage's checkpoint key, so
+#: a run with ``train.diffusion.lr_schedule=cosine`` reuses a finished critic (``init_from``).
+LATER_STAGE_DEFAULTS = {stage: {"lr_schedule": None} for stage in ("diffusion", "critic", "energy")}
 
 
 def training_config(cfg: DictConfig) -> dict:
@@ -225,6 +229,11 @@ def training_config(cfg: DictConfig) -> dict:
     for key, default in LATER_TRAIN_DEFAULTS.items():
         if key in train and train[key] == default:
             del train[key]
+    for stage, defaults in LATER_STAGE_DEFAULTS.items():
+        if isinstance(train.get(stage), dict):
+            train[stage] = {
+                k: v for k, v in train[stage].items() if k not in defaults or v != defaults[k]
+            }
     if aepo.get("critic", "expectile") == "expectile" and aepo.get("energy", "analytic") == (
         "analytic"
     ):

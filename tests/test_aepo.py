@@ -180,3 +180,20 @@ def test_select_guidance_reads_the_critic_on_dataset_states():
     assert advantages == sorted(advantages) and advantages[-1] > advantages[0] + 0.1
     assert choice.guidance > 0 and actor.guidance_scale == 0.3  # the actor's own w restored
     assert choice.dataset_actions["advantage"] == 0.0
+
+
+def test_a_stage_lr_schedule_overrides_the_shared_one_for_that_stage_only(data_root):
+    rb, meta = make_offline_data(TASK, root=data_root, normalize_actions=True, seed=0)
+    budget = TrainConfig.budget(steps=10, batch_size=16)
+    diffusion = dataclasses.replace(budget.diffusion, lr_schedule="cosine")
+    train = dataclasses.replace(budget, diffusion=diffusion)
+    nets = build_networks(ModelConfig.small(), meta.obs_dim, meta.action_dim)
+    losses = build_losses(nets, AEPOConfig(), train)
+    plan = build_training_plan(nets, losses, rb[:], aepo=AEPOConfig(), train=train)
+    assert (train.lr_schedule_of("diffusion"), train.lr_schedule_of("critic")) == (
+        "cosine", "constant")  # fmt: skip
+    assert plan.critic_step.scheduler is None
+    decay = plan.diffusion_step.scheduler.lr_lambdas[0]  # over the stage's 10 steps, to 0
+    assert [decay(k) for k in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+    bad = dataclasses.replace(budget, energy=dataclasses.replace(budget.energy, lr_schedule="step"))
+    assert any(p.startswith("train.energy.lr_schedule='step'") for p in bad.problems())

@@ -133,3 +133,9 @@ def test_training_hash_covers_every_training_key_and_no_sampling_key():
     assert utils.training_config(_compose(["aepo.beta=1"]))["aepo"]["beta"] == 1
     assert "num_seeds" not in base["train"]  # train.num_seeds=1 (default): the old hash
     assert utils.training_config(_compose(["train.num_seeds=3"]))["train"]["num_seeds"] == 3
+    # a stage's own lr schedule: hashed only when set, and only into that stage's settings
+    assert all("lr_schedule" not in base["train"][s] for s in ("diffusion", "critic", "energy"))
+    cosine = utils.training_config(_compose(["train.diffusion.lr_schedule=cosine"]))
+    assert cosine["train"]["diffusion"]["lr_schedule"] == "cosine"
+    assert cosine["train"]["critic"] == base["train"]["critic"]
+    assert cosine["train"]["lr_schedule"] == base["train"]["lr_schedule"] == "constant"

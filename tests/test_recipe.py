@@ -418,6 +418,7 @@ def test_init_from_reuses_the_stages_whose_settings_are_unchanged(recipe, data_r
             tmp_path / "other",
             f"init_from={first}",
             "train.diffusion.lr=0.002",
+            "train.diffusion.lr_schedule=cosine",  # its own schedule: not the critic's key
             "train.eval_interval=0",
         )
     )

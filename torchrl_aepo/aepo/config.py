@@ -367,6 +367,17 @@ class AEPOConfig(_Config):
         return out + self.solver.problems(f"{prefix}solver.")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _schedule_problems(prefix: str, lr_schedule: Any) -> list[str]:
+    if lr_schedule is None or lr_schedule in LR_SCHEDULES:
+        return []
+    return [
+        f"{prefix}lr_schedule={lr_schedule!r}: use constant, cosine or null (train.lr_schedule)"
+    ]
+
+
 def _budget_problems(prefix: str, steps: Any, batch_size: Any, lr: Any = 1.0) -> list[str]:
     out = []
     if not isinstance(steps, int) or steps < 1:
@@ -380,15 +391,18 @@ def _budget_problems(prefix: str, steps: Any, batch_size: Any, lr: Any = 1.0) ->
 
 @dataclass(frozen=True)
 class DiffusionStageConfig(_Config):
-    """Behaviour-model training: steps, batch size, lr, EMA decay (``None``: no EMA)."""
+    """Behaviour-model training: steps, batch size, lr, EMA decay (``None``: no EMA), and this
+    stage's lr schedule (``None``: ``train.lr_schedule``)."""
 
     steps: int = 600_000
     batch_size: int = 4096
     lr: float = 1e-4
     ema_decay: float | None = 0.999
+    lr_schedule: Literal["constant", "cosine"] | None = None
 
     def problems(self, prefix: str) -> list[str]:
         out = _budget_problems(prefix, self.steps, self.batch_size, self.lr)
+        out += _schedule_problems(prefix, self.lr_schedule)
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             out.append(f"{prefix}ema_decay={self.ema_decay!r}: must be in [0, 1) or null")
         return out
@@ -396,15 +410,18 @@ class DiffusionStageConfig(_Config):
 
 @dataclass(frozen=True)
 class CriticStageConfig(_Config):
-    """Expectile-critic training: steps, batch size, lr, Polyak rate of the target Q."""
+    """Expectile-critic training: steps, batch size, lr, Polyak rate of the target Q, and this
+    stage's lr schedule (``None``: ``train.lr_schedule``)."""
 
     steps: int = 1_000_000
     batch_size: int = 256
     lr: float = 3e-4
     target_tau: float = 0.005
+    lr_schedule: Literal["constant", "cosine"] | None = None
 
     def problems(self, prefix: str) -> list[str]:
         out = _budget_problems(prefix, self.steps, self.batch_size, self.lr)
+        out += _schedule_problems(prefix, self.lr_schedule)
         if not 0 < self.target_tau <= 1:
             out.append(f"{prefix}target_tau={self.target_tau!r}: must be in (0, 1]")
         return out
@@ -425,14 +442,17 @@ class SupportsStageConfig(_Config):
 
 @dataclass(frozen=True)
 class EnergyStageConfig(_Config):
-    """Energy-network training: steps, batch size, lr."""
+    """Energy-network training: steps, batch size, lr, and this stage's lr schedule (``None``:
+    ``train.lr_schedule``)."""
 
     steps: int = 1_000_000
     batch_size: int = 256
     lr: float = 3e-4
+    lr_schedule: Literal["constant", "cosine"] | None = None
 
     def problems(self, prefix: str) -> list[str]:
-        return _budget_problems(prefix, self.steps, self.batch_size, self.lr)
+        out = _budget_problems(prefix, self.steps, self.batch_size, self.lr)
+        return out + _schedule_problems(prefix, self.lr_schedule)
 
 
 @dataclass(frozen=True)
@@ -475,7 +495,9 @@ class TrainConfig(_Config):
     Attributes:
         plan: ``"staged"`` (diffusion -> critic -> gamma -> energy) or ``"joint"``.
         diffusion / critic / energy / joint / gamma_table: per-stage settings.
-        lr_schedule: ``"constant"`` or ``"cosine"`` (per stage, to 0 at its last step).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (per stage, to 0 at its last step); a
+            stage's own ``lr_schedule`` (``diffusion`` / ``critic`` / ``energy``) overrides it
+            for that stage (:meth:`lr_schedule_of`).
         grad_clip: max gradient norm per optimiser, or ``None``.
         adam: torch Adam kernel: ``"fused"``, ``"foreach"`` or ``"loop"``.
         log_interval / checkpoint_interval: trainer intervals (steps).
@@ -529,6 +551,18 @@ class TrainConfig(_Config):
             **kwargs,
         )
 
+    def lr_schedule_of(self, stage: str) -> str:
+        """The lr schedule of ``stage`` (``"diffusion"``, ``"critic"`` or ``"energy"``): its own
+        ``lr_schedule`` when set, else ``train.lr_schedule``.
+
+        Example:
+            >>> t = TrainConfig(diffusion=DiffusionStageConfig(lr_schedule="cosine"))
+            >>> t.lr_schedule_of("diffusion"), t.lr_schedule_of("critic")
+            ('cosine', 'constant')
+        """
+        own = getattr(self, stage).lr_schedule
+        return self.lr_schedule if own is None else own
+
     def stage_names(self, aepo: AEPOConfig | None = None) -> tuple[str, ...]:
         """The plan's stages, in order; without ``aepo`` every stage the plan may have.
 
@@ -565,7 +599,7 @@ class TrainConfig(_Config):
             out += self.energy.problems(f"{prefix}energy.")
         out += self.supports.problems(f"{prefix}supports.")
         out += self.gamma_table.problems(f"{prefix}gamma_table.")
-        if self.lr_schedule not in ("constant", "cosine"):
+        if self.lr_schedule not in LR_SCHEDULES:
             out.append(f"{prefix}lr_schedule={self.lr_schedule!r}: use constant or cosine")
         if self.grad_clip is not None and not self.grad_clip > 0:
             out.append(f"{prefix}grad_clip={self.grad_clip!r}: must be > 0 or null")

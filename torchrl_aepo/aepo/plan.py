@@ -87,7 +87,7 @@ class TrainingPlan:
         *,
         aepo: AEPOConfig,
         train: TrainConfig,
-        optimizer_step: Callable[[nn.Module, float, int, str], OptimizerStep],
+        optimizer_step: Callable[[nn.Module, float, int, str, str], OptimizerStep],
         seed: int = 0,
         compile: Mapping[str, Any] | None = None,
     ) -> None:
@@ -129,10 +129,15 @@ class TrainingPlan:
         }
         self._budget = budget
         self.diffusion_step = optimizer_step(
-            nets.noise, train.diffusion.lr, budget["diffusion"], "loss_diffusion"
-        )
+            nets.noise, train.diffusion.lr, budget["diffusion"], "loss_diffusion",
+            train.lr_schedule_of("diffusion"),
+        )  # fmt: skip
         self.critic_step = optimizer_step(
-            losses.critic, train.critic.lr, budget["critic"], "sum of the critic's loss_*"
+            losses.critic,
+            train.critic.lr,
+            budget["critic"],
+            "sum of the critic's loss_*",
+            train.lr_schedule_of("critic"),
         )
         self.stages = self._joint() if joint else self._staged()
 
@@ -245,8 +250,9 @@ class TrainingPlan:
                 self.nets, self.losses, self.aepo, self.posterior, self.compile
             )
             self._energy_step = self._optimizer_step(
-                self.nets.energy, self.train.energy.lr, self._budget["energy"], "loss_energy"
-            )
+                self.nets.energy, self.train.energy.lr, self._budget["energy"], "loss_energy",
+                self.train.lr_schedule_of("energy"),
+            )  # fmt: skip
 
     @torch.no_grad()
     def _cache_support_values(self) -> None:
@@ -552,13 +558,15 @@ def build_training_plan(
         a :class:`TrainingPlan`; pass ``plan.stages`` to ``OfflineTrainer``.
     """
 
-    def optimizer_step(module: nn.Module, lr: float, steps: int, name: str) -> OptimizerStep:
+    def optimizer_step(
+        module: nn.Module, lr: float, steps: int, name: str, lr_schedule: str
+    ) -> OptimizerStep:
         return adam_step(
             module,
             lr,
             steps,
             adam=train.adam,
-            lr_schedule=train.lr_schedule,
+            lr_schedule=lr_schedule,
             grad_clip=train.grad_clip,
             name=name,
         )

@@ -106,17 +106,18 @@ class StackedTrainingPlan:
                 members.append(build_networks(model, obs_dim, action_dim, device))
         self._initial = members
         t = train
-        common = {"adam": t.adam, "lr_schedule": t.lr_schedule}
         self.diffusion = StackedDiffusion(
             [m.noise for m in members], lr=t.diffusion.lr, steps=t.diffusion.steps,
-            ema_decay=t.diffusion.ema_decay,
-            seeds=[member_stream_seed(s, "diffusion") for s in self.seeds], **common,
+            ema_decay=t.diffusion.ema_decay, adam=t.adam,
+            lr_schedule=t.lr_schedule_of("diffusion"),
+            seeds=[member_stream_seed(s, "diffusion") for s in self.seeds],
         )  # fmt: skip
         self.critic = StackedCritic(
             [m.qvalue for m in members], [m.value for m in members],
             expectile=aepo.expectile, discount=aepo.discount, lr=t.critic.lr,
-            steps=t.critic.steps, target_tau=t.critic.target_tau,
-            seeds=[member_stream_seed(s, "critic") for s in self.seeds], **common,
+            steps=t.critic.steps, target_tau=t.critic.target_tau, adam=t.adam,
+            lr_schedule=t.lr_schedule_of("critic"),
+            seeds=[member_stream_seed(s, "critic") for s in self.seeds],
         )  # fmt: skip
         gen_device = dataset.device or "cpu"
         self.gamma_generators = [
@@ -169,7 +170,7 @@ class StackedTrainingPlan:
             value_network=self.critic.value if a.energy_baseline == "value" else None,
             beta=float(a.beta), posterior=int(a.posterior), clip_posterior_mean=clip,
             variance_weight=float(a.variance_weight), lr=t.energy.lr, steps=t.energy.steps,
-            adam=t.adam, lr_schedule=t.lr_schedule,
+            adam=t.adam, lr_schedule=t.lr_schedule_of("energy"),
             seeds=[member_stream_seed(s, "energy") for s in self.seeds],
         )  # fmt: skip
         self._energy_stage = self.energy.stage(self.dataset, t.energy.steps, t.energy.batch_size)
