@@ -839,7 +839,11 @@ def print_report(results: dict, table: str, path: Path | None = None) -> None:
 
 
 def versions() -> dict:
-    """Versions of Python and the stack, for results.json."""
+    """Versions of Python and the stack, and the CPU, for results.json.
+
+    The CPU's model and torch's kernel level (``cpu_capability``: e.g. AVX2, AVX512) are
+    recorded because floating-point results can differ between kernels, so a run repeated on
+    another kind of CPU may not give the same weights or scores."""
     import tensordict
     import torchrl
 
@@ -851,7 +855,20 @@ def versions() -> dict:
         "torchrl": torchrl.__version__,
         "tensordict": tensordict.__version__,
         "torchrl_aepo": getattr(torchrl_aepo, "__version__", "?"),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def jsonable(obj: Any) -> Any:

@@ -104,3 +104,5 @@ def test_iql_recipe_end_to_end(tmp_path):
     assert on_disk["method"] == "iql-tanh_normal" and on_disk["task"] == "pendulum-medium"
     assert len(on_disk["final"]["returns"]) == 2
     assert results["train"]["stages"]["iql"]["steps"] == 20
+    # the CPU is recorded: float results can differ between kernel levels (AVX2, AVX512, ...)
+    assert on_disk["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
