@@ -189,7 +189,7 @@ def setup_runtime(
 #: ``eval_only`` may change them.
 SAMPLING_KEYS = ("guidance", "guidance_rule", "guidance_ladder", "guidance_pessimism",
                  "guidance_states", "rescale", "latent_scale", "num_candidates", "selection",
-                 "solver")  # fmt: skip
+                 "solver", "clip_denoised")  # fmt: skip
 #: ``aepo`` keys of the paper's ablations: hashed only when the critic or energy is not AEPO's.
 ABLATION_KEYS = ("critic", "energy", "energy_max_target", "num_support", "isql_beta",
                  "cql_alpha", "cql_num_random", "cql_temperature")  # fmt: skip

@@ -399,6 +399,44 @@ def test_actions_are_clipped_to_the_spec():
     assert make().spec["action"] == Bounded(-1.0, torch.tensor([1.0, 1.0, 0.5]), shape=(3,))
 
 
+def test_clip_denoised_projects_the_data_prediction_onto_the_box():
+    box = (-1.0, 1.0)
+    inside = GaussianNoiseOracle(C, 0.01, obs_dim=OBS_DIM)  # data well inside [-1, 1]
+    solver = DPMSolver(steps=15, method="multistep", skip_type="logSNR")
+
+    def sample(net, **kwargs):
+        actor = AEPOActor(net, action_spec=box, solver=solver, clip_actions=False, **kwargs)
+        obs = torch.zeros(2000, OBS_DIM)
+        return actor, actor.sample(obs, generator=torch.Generator().manual_seed(0))
+
+    # exact predictor inside the box: x0_hat only leaves it by sampling noise at large t
+    _, plain = sample(inside)
+    _, clipped = sample(inside, clip_denoised=True)
+    torch.testing.assert_close(clipped.mean(0), plain.mean(0), atol=5e-3, rtol=0)
+    torch.testing.assert_close(clipped.var(0), plain.var(0), atol=2e-3, rtol=0)
+    # a predictor whose data lies outside the box: every x0_hat is clamped, so without the final
+    # clip_actions the ODE ends at the projection of the data (1, -1, 0.3), up to the noise
+    # level sigma(t_end) ~ 0.02 left at the solver's last time
+    outside = GaussianNoiseOracle(torch.tensor([3.0, -3.0, 0.3]), 0.01, obs_dim=OBS_DIM)
+    _, unclipped = sample(outside)
+    actor, projected = sample(outside, clip_denoised=True)
+    assert unclipped[:, 0].mean() > 2.9 and unclipped[:, 1].mean() < -2.9
+    assert projected.abs().max() <= 1.1
+    torch.testing.assert_close(
+        projected[:, :2].mean(0), torch.tensor([1.0, -1.0]), atol=1e-2, rtol=0
+    )
+    assert actor.clip_denoised and actor.config()["clip_denoised"] is True
+    actor.clip_denoised = False  # settable
+    assert torch.equal(
+        actor.sample(torch.zeros(3, OBS_DIM), generator=torch.Generator().manual_seed(1)),
+        sample(outside)[0].sample(
+            torch.zeros(3, OBS_DIM), generator=torch.Generator().manual_seed(1)
+        ),
+    )
+    with pytest.raises(ValueError, match="Bounded"):
+        AEPOActor(inside, action_spec=Unbounded(shape=(3,)), clip_denoised=True)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -84,6 +84,7 @@ class _GuidedSampler(nn.Module):
         deterministic_seed: int,
         num_threads: int | None = None,
         compile_options: dict[str, Any] | None = None,
+        clip_denoised: bool = False,
     ) -> None:
         super().__init__()
         self.noise_network = noise_network
@@ -102,6 +103,7 @@ class _GuidedSampler(nn.Module):
         self.selection = selection
         self.selection_temperature = selection_temperature
         self.clip_actions = clip_actions and isinstance(action_spec, Bounded)
+        self.clip_denoised = clip_denoised
         self.deterministic_seed = deterministic_seed
         self.num_threads = num_threads
         self.compile_options = compile_options
@@ -115,7 +117,8 @@ class _GuidedSampler(nn.Module):
             f"guidance_scale={self.guidance_scale}, rescale={self.rescale}, "
             f"latent_scale={self.latent_scale}, "
             f"num_candidates={self.num_candidates}, selection={self.selection!r}, "
-            f"clip_actions={self.clip_actions}, solver={self.solver!r}"
+            f"clip_actions={self.clip_actions}, clip_denoised={self.clip_denoised}, "
+            f"solver={self.solver!r}"
         )
 
     @property
@@ -254,8 +257,42 @@ class _GuidedSampler(nn.Module):
         :class:`~torchrl_aepo.EnergyNetwork`) precompute their observation- and time-only work
         once per call and are then evaluated by the index of the solver evaluation (the solver
         calls ``noise_fn`` at ``solver.eval_times``, in order); other networks are called with
-        ``(x, t, obs)``. ``w sigma_t`` is precomputed per evaluation time.
+        ``(x, t, obs)``. ``w sigma_t`` is precomputed per evaluation time. With
+        ``clip_denoised`` the result goes through :meth:`_clip_denoised`.
         """
+        eps_fn = self._model_noise_fn(obs, guidance)
+        return self._clip_denoised(eps_fn, obs) if self.clip_denoised else eps_fn
+
+    def _clip_denoised(
+        self, eps_fn: Callable[[Tensor, Tensor], Tensor], obs: Tensor
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """``eps_fn`` with its data prediction clamped to the action box at every evaluation.
+
+        ``x0_hat = (x - sigma_t eps) / alpha_t`` is clamped to ``[action_low, action_high]``
+        and the noise that predicts the clamped value, ``(x - alpha_t clamp(x0_hat)) / sigma_t``,
+        is returned (DPM-Solver++'s static thresholding, in noise space so that every solver
+        uses it). The exact ``E[a_0 | a_t]`` of actions in a box lies in the box, which is
+        convex, so the clamp never moves the prediction away from it.
+        """
+        schedule, times = self.solver.schedule, self.solver.eval_times
+        nfe, calls = len(times), itertools.count()
+        alpha_sigma = [schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)) for t in times]
+        coef = [(float(a), float(s)) for a, s in alpha_sigma]
+        low = self.action_low.to(device=obs.device, dtype=obs.dtype)
+        high = self.action_high.to(device=obs.device, dtype=obs.dtype)
+
+        def clipped(x: Tensor, t: Tensor) -> Tensor:
+            alpha, sigma = coef[next(calls) % nfe]
+            eps = eps_fn(x, t)
+            x0 = torch.clamp((x - sigma * eps) / alpha, low, high)
+            return (x - alpha * x0) / sigma
+
+        return clipped
+
+    def _model_noise_fn(
+        self, obs: Tensor, guidance: float | Tensor | None
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """The (guided) model noise ``eps(x, t)`` of :meth:`_noise_fn`, before any clamp."""
         times = self.solver.eval_times
         nfe = len(times)
         calls = itertools.count()
@@ -365,6 +402,10 @@ class AEPOActor(SafeModule):
             :class:`~torchrl_aepo.TwinQNetwork`), needed by the Q-based rules.
         selection_temperature: temperature of ``"softmax_q"``. Defaults to ``1.0``.
         clip_actions: clamp samples to the bounds of a ``Bounded`` spec. Defaults to ``True``.
+        clip_denoised: clamp the solver's data prediction ``x0_hat = (x - sigma_t eps) /
+            alpha_t`` to the ``Bounded`` spec's box at every model evaluation (DPM-Solver++'s
+            static thresholding; the guided noise is replaced by the one predicting the
+            clamped ``x0_hat``). Defaults to ``False`` (AEPO/QGPO's sampler). Settable.
         deterministic_seed: seed of the deterministic-mode generator. Defaults to ``0``.
         num_threads: intra-op threads (``torch.set_num_threads``) while sampling, restored
             after each call; ``None`` (default) leaves the process setting alone. The setting
@@ -425,6 +466,7 @@ class AEPOActor(SafeModule):
         qvalue_network: nn.Module | None = None,
         selection_temperature: float = 1.0,
         clip_actions: bool = True,
+        clip_denoised: bool = False,
         deterministic_seed: int = 0,
         num_threads: int | None = None,
         compile: bool | Mapping[str, Any] = False,
@@ -443,6 +485,11 @@ class AEPOActor(SafeModule):
         for name, net in (("energy_network", energy_network), ("qvalue_network", qvalue_network)):
             _check_dims(name, net, obs_dim, action_dim)
         solver, schedule = _solver_and_schedule(solver, schedule)
+        if clip_denoised and not isinstance(spec, Bounded):
+            raise ValueError(
+                "clip_denoised=True clamps the data prediction to the action box; the action "
+                f"spec is {type(spec).__name__}: pass a Bounded spec or clip_denoised=False."
+            )
         if not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be finite, got {guidance_scale}.")
         _check_latent_scale(latent_scale)
@@ -485,6 +532,7 @@ class AEPOActor(SafeModule):
             selection=selection,
             selection_temperature=float(selection_temperature),
             clip_actions=bool(clip_actions),
+            clip_denoised=bool(clip_denoised),
             deterministic_seed=int(deterministic_seed),
             num_threads=num_threads,
             compile_options=dict(compile)
@@ -577,6 +625,17 @@ class AEPOActor(SafeModule):
     def rescale(self, value: bool) -> None:
         self.module.rescale = bool(value)
 
+    @property
+    def clip_denoised(self) -> bool:
+        """Whether the data prediction is clamped to the action box at every evaluation; settable."""
+        return self.module.clip_denoised
+
+    @clip_denoised.setter
+    def clip_denoised(self, value: bool) -> None:
+        if value and not isinstance(self.action_spec, Bounded):
+            raise ValueError("clip_denoised=True needs a Bounded action spec.")
+        self.module.clip_denoised = bool(value)
+
     # ------------------------------------------------------------------ checkpoints
     def config(self) -> dict[str, Any]:
         """Constructor keyword arguments (besides the networks) that rebuild this actor."""
@@ -592,6 +651,7 @@ class AEPOActor(SafeModule):
             "selection": sampler.selection,
             "selection_temperature": sampler.selection_temperature,
             "clip_actions": sampler.clip_actions,
+            "clip_denoised": sampler.clip_denoised,
             "deterministic_seed": sampler.deterministic_seed,
             "num_threads": sampler.num_threads,
             "in_keys": list(self.in_keys),

@@ -327,6 +327,7 @@ def build_actor(
         guidance_scale=float(aepo.guidance if guidance is None else guidance),
         rescale=bool(aepo.rescale),
         latent_scale=float(aepo.latent_scale),
+        clip_denoised=bool(aepo.clip_denoised),
         solver=solver,
         num_candidates=int(aepo.num_candidates),
         selection=str(aepo.selection),

@@ -203,6 +203,9 @@ class AEPOConfig(_Config):
             (``"first"``, ``"argmax_q"``, ``"softmax_q"``, ``"mean"``: the average of the
             ``K`` samples, no critic).
         solver: the sampler.
+        clip_denoised: clamp the sampler's data prediction to the action box at every model
+            evaluation (:class:`~torchrl_aepo.AEPOActor`'s ``clip_denoised``); ``False``
+            (default) is AEPO/QGPO's sampler.
         critic: ``"expectile"`` (IQL, Eq. 27, the paper's), ``"isql"`` (QGPO's in-support
             softmax Q-learning) or ``"cql"`` (conservative Q-learning): the Figure-1 ablations.
         energy: ``"analytic"`` (AEPO, Eq. 25), ``"mse"``, ``"dps"`` (Eq. 10), ``"cep"``
@@ -252,6 +255,7 @@ class AEPOConfig(_Config):
     num_candidates: int = 1
     selection: Literal["first", "argmax_q", "softmax_q", "mean"] = "first"
     solver: SolverConfig = field(default_factory=SolverConfig)
+    clip_denoised: bool = False
     critic: Literal["expectile", "isql", "cql"] = "expectile"
     energy: Literal["analytic", "mse", "dps", "cep", "log_mean_exp", "support_posterior"] = (
         "analytic"
@@ -364,6 +368,8 @@ class AEPOConfig(_Config):
             out.append(
                 f"{prefix}selection={self.selection!r}: use first, argmax_q, softmax_q or mean"
             )
+        if not isinstance(self.clip_denoised, bool):
+            out.append(f"{prefix}clip_denoised={self.clip_denoised!r}: use true or false")
         return out + self.solver.problems(f"{prefix}solver.")
 
 
