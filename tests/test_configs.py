@@ -123,7 +123,7 @@ def test_training_hash_covers_every_training_key_and_no_sampling_key():
     base = utils.training_config(_compose())
     # sampling keys: never hashed (eval_only may change them)
     for override in ("aepo.guidance=3", "aepo.rescale=false", "aepo.num_candidates=4",
-                     "aepo.solver.steps=5", "deploy.num_candidates=16"):  # fmt: skip
+                     "aepo.solver.steps=5", "aepo.clip_denoised=true", "deploy.num_candidates=16"):  # fmt: skip
         assert utils.training_config(_compose([override])) == base, override
     # a training key changes the hash; one added later only off the value older runs had
     # (variance_weight: 1, Eq. 25), so those runs resume with aepo.variance_weight=1
