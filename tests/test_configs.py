@@ -77,6 +77,7 @@ def test_defaults_and_presets():
     # sampler from the zero latent, one action per state, and passes the deploy checks
     loco = _compose(["preset=locomotion", "task=hopper-medium-local"])
     assert loco.aepo.latent_scale == 1.0 and loco.aepo.guidance_rule == "critic_lower_bound"
+    assert loco.aepo.clip_denoised is True and paper.aepo.clip_denoised is False
     assert dict(loco.deploy) == {
         "num_candidates": 1, "selection": "first", "latent_scale": 0.0, "guidance_sweep": [0.0],
         "guidance": None,
