@@ -559,6 +559,8 @@ def test_compiled_sampler_matches_eager_and_reuses_the_graph_across_guidance():
         eager.guidance_scale = compiled.guidance_scale = w
         torch.testing.assert_close(sample(compiled), sample(eager), rtol=1e-4, atol=1e-5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
+    eager.clip_denoised = compiled.clip_denoised = True  # the clamp compiles too
+    torch.testing.assert_close(sample(compiled), sample(eager), rtol=1e-4, atol=1e-5)
     with pytest.raises(TypeError, match="compile"):
         tiny_actor(compile="yes")
 

@@ -276,8 +276,11 @@ class _GuidedSampler(nn.Module):
         """
         schedule, times = self.solver.schedule, self.solver.eval_times
         nfe, calls = len(times), itertools.count()
-        alpha_sigma = [schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)) for t in times]
-        coef = [(float(a), float(s)) for a, s in alpha_sigma]
+        coef = [  # 0-d tensors, like w sigma_t in _model_noise_fn (no graph break when compiled)
+            tuple(v.to(obs.dtype).to(obs.device) for v in schedule.alpha_sigma(
+                torch.tensor(t, dtype=torch.float64)))
+            for t in times
+        ]  # fmt: skip
         low = self.action_low.to(device=obs.device, dtype=obs.dtype)
         high = self.action_high.to(device=obs.device, dtype=obs.dtype)
 
