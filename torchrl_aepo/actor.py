@@ -256,17 +256,21 @@ class _GuidedSampler(nn.Module):
         ``action_gradient_context``, like :class:`~torchrl_aepo.UMLPNoisePredictor` and
         :class:`~torchrl_aepo.EnergyNetwork`) precompute their observation- and time-only work
         once per call and are then evaluated by the index of the solver evaluation (the solver
-        calls ``noise_fn`` at ``solver.eval_times``, in order); other networks are called with
-        ``(x, t, obs)``. ``w sigma_t`` is precomputed per evaluation time. With
-        ``clip_denoised`` the result goes through :meth:`_clip_denoised`.
+        calls ``noise_fn`` at ``solver.eval_times``, in order; one counter here gives that index
+        to every per-evaluation piece); other networks are called with ``(x, t, obs)``.
+        ``w sigma_t`` (and, with ``clip_denoised``, ``alpha_t`` and ``sigma_t``) are
+        precomputed per evaluation time.
         """
-        eps_fn = self._model_noise_fn(obs, guidance)
-        return self._clip_denoised(eps_fn, obs) if self.clip_denoised else eps_fn
+        eps_at = self._model_noise_at(obs, guidance)
+        if self.clip_denoised:
+            eps_at = self._clip_denoised(eps_at, obs)
+        nfe, calls = len(self.solver.eval_times), itertools.count()
+        return lambda x, t: eps_at(x, t, next(calls) % nfe)
 
     def _clip_denoised(
-        self, eps_fn: Callable[[Tensor, Tensor], Tensor], obs: Tensor
-    ) -> Callable[[Tensor, Tensor], Tensor]:
-        """``eps_fn`` with its data prediction clamped to the action box at every evaluation.
+        self, eps_at: Callable[[Tensor, Tensor, int], Tensor], obs: Tensor
+    ) -> Callable[[Tensor, Tensor, int], Tensor]:
+        """``eps_at`` with its data prediction clamped to the action box at every evaluation.
 
         ``x0_hat = (x - sigma_t eps) / alpha_t`` is clamped to ``[action_low, action_high]``
         and the noise that predicts the clamped value, ``(x - alpha_t clamp(x0_hat)) / sigma_t``,
@@ -274,45 +278,30 @@ class _GuidedSampler(nn.Module):
         uses it). The exact ``E[a_0 | a_t]`` of actions in a box lies in the box, which is
         convex, so the clamp never moves the prediction away from it.
         """
-        schedule, times = self.solver.schedule, self.solver.eval_times
-        nfe, calls = len(times), itertools.count()
-        coef = [  # 0-d tensors, like w sigma_t in _model_noise_fn (no graph break when compiled)
-            tuple(v.to(obs.dtype).to(obs.device) for v in schedule.alpha_sigma(
-                torch.tensor(t, dtype=torch.float64)))
-            for t in times
-        ]  # fmt: skip
+        coef = _alpha_sigma_at(self.solver, obs)
         low = self.action_low.to(device=obs.device, dtype=obs.dtype)
         high = self.action_high.to(device=obs.device, dtype=obs.dtype)
 
-        def clipped(x: Tensor, t: Tensor) -> Tensor:
-            alpha, sigma = coef[next(calls) % nfe]
-            eps = eps_fn(x, t)
-            x0 = torch.clamp((x - sigma * eps) / alpha, low, high)
+        def clipped(x: Tensor, t: Tensor, i: int) -> Tensor:
+            alpha, sigma = coef[i]
+            x0 = torch.clamp((x - sigma * eps_at(x, t, i)) / alpha, low, high)
             return (x - alpha * x0) / sigma
 
         return clipped
 
-    def _model_noise_fn(
+    def _model_noise_at(
         self, obs: Tensor, guidance: float | Tensor | None
-    ) -> Callable[[Tensor, Tensor], Tensor]:
-        """The (guided) model noise ``eps(x, t)`` of :meth:`_noise_fn`, before any clamp."""
+    ) -> Callable[[Tensor, Tensor, int], Tensor]:
+        """The (guided) model noise ``(x, t, index) -> eps`` of :meth:`_noise_fn`."""
         times = self.solver.eval_times
-        nfe = len(times)
-        calls = itertools.count()
         noise = _network_eval(self.noise_network, obs, times)
         if guidance is None:
-            return lambda x, t: noise(x, t, next(calls) % nfe)
+            return noise
         energy_grad = _energy_gradient_eval(self.energy_network, obs, times)
-        schedule = self.solver.schedule
-        w_sigmas = [
-            guidance
-            * schedule.sigma(torch.tensor(t, dtype=torch.float64)).to(obs.dtype).to(obs.device)
-            for t in times
-        ]
+        w_sigmas = [guidance * sigma for _, sigma in _alpha_sigma_at(self.solver, obs)]
         rescale = self.rescale
 
-        def guided_eps(x: Tensor, t: Tensor) -> Tensor:
-            i = next(calls) % nfe
+        def guided_eps(x: Tensor, t: Tensor, i: int) -> Tensor:
             grad_f = energy_grad(x, t, i)
             return guided_noise(noise(x, t, i), grad_f, w_sigmas[i], 1.0, rescale)
 
@@ -890,6 +879,16 @@ def _compiled_denoise(options: dict[str, Any]) -> Callable[..., Tensor]:
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(_denoise, **options)
     return _COMPILED[key]
+
+
+def _alpha_sigma_at(solver: DPMSolver, like: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """``(alpha_t, sigma_t)`` at each of ``solver.eval_times``: 0-d tensors of ``like``'s dtype
+    and device (computed in float64; tensors, not floats, so ``torch.compile`` does not break)."""
+    out = []
+    for t in solver.eval_times:
+        alpha, sigma = solver.schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+        out.append((alpha.to(like.dtype).to(like.device), sigma.to(like.dtype).to(like.device)))
+    return out
 
 
 def _network_eval(
